@@ -1,0 +1,270 @@
+"""Argument checks shared by the functional layer and the modules.
+
+Every check raises before any torch kernel sees the bad value, with a message of the form
+"Expected argument `name` to be <expected>, but got <received>." so that a user can fix the
+call without reading a traceback into torch internals.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+POOLINGS = ("reference", "softtriple")
+ACTIVATIONS = ("softmax", "identity")
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def _shape(t: Tensor) -> str:
+    return "(" + ", ".join(str(s) for s in t.shape) + ")"
+
+
+def check_int(name: str, value: Any, minimum: int) -> int:
+    """Return ``value`` if it is an ``int`` (not a ``bool``) of at least ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Expected argument `{name}` to be an int, but got {type(value).__name__} {value!r}.")
+    if value < minimum:
+        raise ValueError(f"Expected argument `{name}` to be an int >= {minimum}, but got {value}.")
+    return value
+
+
+def check_gamma(gamma: Any) -> float:
+    """Return ``gamma`` as a float after checking that it is a finite positive number."""
+    if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):
+        raise TypeError(f"Expected argument `gamma` to be a positive float, but got {type(gamma).__name__} {gamma!r}.")
+    if not math.isfinite(gamma) or gamma <= 0:
+        raise ValueError(f"Expected argument `gamma` to be a finite float > 0, but got {gamma!r}.")
+    return float(gamma)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
+    """Return ``value`` if it is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f"Expected argument `{name}` to be one of {tuple(choices)}, but got {value!r}.")
+    return value
+
+
+def check_modalities(num_modalities: int | Sequence[str]) -> tuple[int, tuple[str, ...] | None]:
+    """Return the number of modalities and their names (``None`` when only a count was given)."""
+    if isinstance(num_modalities, str):
+        raise TypeError(
+            "Expected argument `num_modalities` to be an int or a sequence of modality names, "
+            f"but got the string {num_modalities!r}; pass a list such as [{num_modalities!r}, ...]."
+        )
+    if isinstance(num_modalities, Sequence):
+        names = tuple(num_modalities)
+        if not names:
+            raise ValueError("Expected argument `num_modalities` to name at least one modality, but got an empty list.")
+        for n in names:
+            if not isinstance(n, str) or not n:
+                raise TypeError(f"Expected argument `num_modalities` to hold non-empty strings, but got {n!r}.")
+        if len(set(names)) != len(names):
+            raise ValueError(f"Expected argument `num_modalities` to hold unique names, but got {list(names)}.")
+        return len(names), names
+    return check_int("num_modalities", num_modalities, 1), None
+
+
+def check_label_smoothing(value: Any) -> float:
+    """Return ``label_smoothing`` as a float in ``[0, 1]``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"Expected argument `label_smoothing` to be a float in [0, 1], but got {value!r}.")
+    return float(value)
+
+
+def check_class_weight(class_weight: Tensor | Sequence[float] | None, num_classes: int) -> Tensor | None:
+    """Return ``class_weight`` as a float tensor of shape ``(C,)`` with finite non-negative entries."""
+    if class_weight is None:
+        return None
+    w = torch.as_tensor(class_weight)
+    if not w.is_floating_point():
+        w = w.to(torch.get_default_dtype())
+    if w.shape != (num_classes,):
+        raise ValueError(
+            f"Expected argument `class_weight` to have shape ({num_classes},) (one weight per class), "
+            f"but got shape {_shape(w)}."
+        )
+    if not torch.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"Expected argument `class_weight` to be finite and non-negative, but got {w.tolist()}.")
+    return w
+
+
+def coerce_unimodal(
+    unimodal_logits: Tensor | Sequence[Tensor] | Mapping[str, Tensor],
+    names: tuple[str, ...] | None,
+    num_modalities: int | None = None,
+) -> Tensor:
+    """Stack the accepted input forms into one ``(B, M, C)`` tensor.
+
+    Accepted: a ``(B, M, C)`` tensor, a sequence of ``M`` tensors ``(B, C)``, or a mapping from
+    modality name to ``(B, C)``, ordered by ``names``.
+    """
+    if isinstance(unimodal_logits, Tensor):
+        return unimodal_logits
+    if isinstance(unimodal_logits, Mapping):
+        if names is None:
+            raise TypeError(
+                "Got argument `unimodal_logits` as a mapping, but no modality names are configured; "
+                "pass `num_modalities=[name, ...]` (or `modality_names=`) so the mapping can be ordered."
+            )
+        keys = list(unimodal_logits.keys())
+        missing = [n for n in names if n not in unimodal_logits]
+        unknown = [k for k in keys if k not in names]
+        if missing or unknown:
+            raise ValueError(
+                f"Expected argument `unimodal_logits` to have exactly the keys {list(names)}, but got {keys} "
+                f"(missing: {missing}, unknown: {unknown})."
+            )
+        parts = [unimodal_logits[n] for n in names]
+        label = [f"`unimodal_logits[{n!r}]`" for n in names]
+    elif isinstance(unimodal_logits, Sequence) and not isinstance(unimodal_logits, (str, bytes)):
+        parts = list(unimodal_logits)
+        if num_modalities is not None and len(parts) != num_modalities:
+            raise ValueError(
+                f"Expected argument `unimodal_logits` to hold M={num_modalities} tensors (one per modality), "
+                f"but got {len(parts)}."
+            )
+        label = [f"`unimodal_logits[{i}]`" for i in range(len(parts))]
+    else:
+        raise TypeError(
+            "Expected argument `unimodal_logits` to be a (B, M, C) tensor, a sequence of (B, C) tensors or a "
+            f"mapping name -> (B, C) tensor, but got {type(unimodal_logits).__name__}."
+        )
+    if not parts:
+        raise ValueError("Expected argument `unimodal_logits` to hold at least one modality, but got none.")
+    for lab, t in zip(label, parts, strict=True):
+        if not isinstance(t, Tensor):
+            raise TypeError(f"Expected {lab} to be a tensor of shape (B, C), but got {type(t).__name__}.")
+        if t.dim() != 2:
+            raise ValueError(f"Expected {lab} to have shape (B, C), but got shape {_shape(t)}.")
+    first = parts[0]
+    for lab, t in zip(label, parts, strict=True):
+        if t.shape != first.shape:
+            raise ValueError(
+                f"Expected every modality's logits to share one shape (B, C), but {label[0]} has shape "
+                f"{_shape(first)} and {lab} has shape {_shape(t)}."
+            )
+    return torch.stack(parts, dim=1)
+
+
+def check_unimodal_tensor(u: Tensor, num_modalities: int | None, num_classes: int | None) -> None:
+    """Check rank, dtype, ``M`` and ``C`` of a stacked ``(B, M, C)`` input."""
+    m = "M" if num_modalities is None else f"M={num_modalities}"
+    c = "C" if num_classes is None else f"C={num_classes}"
+    if u.dim() != 3:
+        raise ValueError(f"Expected argument `unimodal_logits` to have shape (B, {m}, {c}), but got shape {_shape(u)}.")
+    if not u.is_floating_point():
+        raise TypeError(f"Expected argument `unimodal_logits` to be a floating point tensor, but got dtype {u.dtype}.")
+    if (num_modalities is not None and u.shape[1] != num_modalities) or (
+        num_classes is not None and u.shape[2] != num_classes
+    ):
+        raise ValueError(f"Expected argument `unimodal_logits` to have shape (B, {m}, {c}), but got shape {_shape(u)}.")
+
+
+def check_weight(weight: Tensor, num_modalities: int, num_classes: int) -> int:
+    """Check the proxy parameter's shape against the input and return ``K``."""
+    if not isinstance(weight, Tensor) or weight.dim() != 2:
+        got = _shape(weight) if isinstance(weight, Tensor) else type(weight).__name__
+        raise ValueError(f"Expected argument `weight` to have shape (C*K, M*C), but got {got}.")
+    rows, cols = weight.shape
+    if cols != num_modalities * num_classes or rows % num_classes != 0 or rows == 0:
+        raise ValueError(
+            f"Expected argument `weight` to have shape (C*K, M*C) = ({num_classes}*K, {num_modalities * num_classes}) "
+            f"for M={num_modalities}, C={num_classes}, but got shape {_shape(weight)}."
+        )
+    return rows // num_classes
+
+
+def check_mask(mask: Tensor | None, batch: int, num_modalities: int, device: torch.device) -> Tensor | None:
+    """Check ``modality_mask``: bool, shape ``(B, M)``; ``True`` marks a modality that is present."""
+    if mask is None:
+        return None
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"Expected argument `modality_mask` to be a bool tensor, but got {type(mask).__name__}.")
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"Expected argument `modality_mask` to have dtype torch.bool (True = modality present), "
+            f"but got {mask.dtype}."
+        )
+    if mask.shape != (batch, num_modalities):
+        raise ValueError(
+            f"Expected argument `modality_mask` to have shape (B, M) = ({batch}, {num_modalities}), "
+            f"but got shape {_shape(mask)}."
+        )
+    return mask.to(device)
+
+
+def check_target_shape(target: Any, batch: int) -> Tensor:
+    """Check that ``target`` is an integer tensor of shape ``(B,)``."""
+    if not isinstance(target, Tensor):
+        raise TypeError(f"Expected argument `target` to be a tensor of class indices, but got {type(target).__name__}.")
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"Expected argument `target` to hold integer class indices, but got dtype {target.dtype}.")
+    if target.shape != (batch,):
+        raise ValueError(f"Expected argument `target` to have shape (B,) = ({batch},), but got shape {_shape(target)}.")
+    return target
+
+
+def check_values(
+    u: Tensor,
+    mask: Tensor | None,
+    activation: str,
+    names: tuple[str, ...] | None,
+    target: Tensor | None = None,
+    num_classes: int = 0,
+    ignore_index: int = -100,
+) -> int:
+    """Check finiteness (and sign, for ``identity``) of the logits and the range of ``target``.
+
+    All conditions are reduced on the device and read back with one synchronisation; the
+    detailed message is only assembled when something is wrong. Entries of masked (absent)
+    modalities are not checked: they never enter the computation.
+
+    Returns:
+        The number of targets that are not ``ignore_index`` (``0`` when ``target`` is ``None``).
+    """
+    present = None if mask is None else mask[:, :, None]
+    nonfinite = ~torch.isfinite(u)
+    if present is not None:
+        nonfinite = nonfinite & present
+    flags = [nonfinite.sum()]
+    if activation == "identity":
+        negative = u < 0
+        if present is not None:
+            negative = negative & present
+        flags.append(negative.sum())
+    if target is not None:
+        valid = target != ignore_index
+        flags.append((valid & ((target < 0) | (target >= num_classes))).sum())
+        flags.append(valid.sum())
+    values = torch.stack(flags).tolist()
+    n_nonfinite = values[0]
+    if n_nonfinite:
+        per_mod = nonfinite.sum(dim=(0, 2)).tolist()
+        mods = names or tuple(str(i) for i in range(u.shape[1]))
+        where = ", ".join(f"{n}: {k}" for n, k in zip(mods, per_mod, strict=True) if k)
+        n_nan = int((torch.isnan(u) & (present if present is not None else True)).sum())
+        raise ValueError(
+            "Expected argument `unimodal_logits` to be finite, but got "
+            f"{n_nan} NaN and {n_nonfinite - n_nan} infinite values (per modality: {where}). "
+            "Check the encoder for divergence, or mark absent modalities with `modality_mask`."
+        )
+    if activation == "identity" and values[1]:
+        raise ValueError(
+            "Expected argument `unimodal_logits` to hold non-negative scores with activation='identity', "
+            f"but got {values[1]} negative values (min {float(u.min()):.4g}); use activation='softmax' for raw logits."
+        )
+    if target is None:
+        return 0
+    n_bad, n_valid = values[-2], values[-1]
+    if n_bad:
+        valid = target != ignore_index
+        bad = target[valid & ((target < 0) | (target >= num_classes))]
+        raise ValueError(
+            f"Expected argument `target` to hold class indices in [0, {num_classes - 1}] (or ignore_index="
+            f"{ignore_index}), but got {n_bad} out-of-range values, e.g. {bad[:5].tolist()}."
+        )
+    return int(n_valid)

@@ -1,0 +1,27 @@
+"""Functional interface: plain functions that compute the MultiModal-loss fusion.
+
+The modules in :mod:`lightning_mmloss` hold parameters and configuration and call these.
+"""
+
+from lightning_mmloss.functional.fusion import (
+    FusionOutput,
+    FusionSpec,
+    cross_entropy_from_fused,
+    multimodal_fuse,
+    multimodal_logits,
+    multimodal_loss,
+    normalized_proxies,
+)
+from lightning_mmloss.functional.shapley import modality_shapley, shapley_coefficients
+
+__all__ = [
+    "FusionOutput",
+    "FusionSpec",
+    "cross_entropy_from_fused",
+    "modality_shapley",
+    "multimodal_fuse",
+    "multimodal_logits",
+    "multimodal_loss",
+    "normalized_proxies",
+    "shapley_coefficients",
+]

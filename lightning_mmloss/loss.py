@@ -1,0 +1,258 @@
+"""``MultiModalLoss``: the proxy parameter and the configuration, as an ``nn.Module``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lightning_mmloss import _validation as V
+from lightning_mmloss.functional.fusion import (
+    FusionOutput,
+    FusionSpec,
+    UnimodalInput,
+    _analytics,
+    _fuse_raw,
+    cross_entropy_from_fused,
+    normalized_proxies,
+)
+from lightning_mmloss.functional.shapley import modality_shapley
+
+
+class MultiModalLoss(nn.Module):
+    r"""The MultiModal loss of Moon & Lee, "Deep Metric Loss for Multimodal Learning" (2023).
+
+    Each modality's unimodal scores :math:`p_m = \mathrm{softmax}(u_m)` are stacked into
+    :math:`z = [p_1, \dots, p_M]`. ``K`` non-negative unit-norm proxies per class (the
+    *subgroups*) live in that space. With :math:`S = \hat z P^\top` (cosine similarity),
+    :math:`A = \mathrm{softmax}(S/\gamma)` over all proxies and :math:`a = A P`:
+
+    .. math::
+        o_c = \underbrace{\sum_k q_{ck} S_{ck}}_{\text{relaxed class similarity}}
+              + \underbrace{\sum_m (1 + a_{mc})\, p_{mc}}_{\text{attended unimodal sum}},
+        \qquad \mathcal{L} = \mathrm{CE}(o, y)
+
+    where :math:`q` is a softmax of :math:`S/\gamma` over classes for each proxy index
+    (``pooling="reference"``) or over proxies within a class (``"softtriple"``).
+
+    As input to ``forward``:
+        - ``unimodal_logits``: ``(B, M, C)`` tensor, a sequence of ``M`` ``(B, C)`` tensors, or a
+          mapping name -> ``(B, C)`` when modality names are configured;
+        - ``target``: ``(B,)`` integer class indices (``ignore_index`` allowed);
+        - ``modality_mask`` (optional): bool ``(B, M)``, ``True`` where the modality is present.
+
+    As output: the loss in float32 (float64 for float64 inputs or a ``.double()`` module), a
+    scalar or ``(B,)`` with ``reduction="none"``. The loss runs outside autocast.
+
+    Args:
+        num_classes: number of classes ``C >= 2``.
+        num_modalities: number of modalities ``M``, or the list of their names.
+        proxies_per_class: ``K >= 1``, proxies (subgroups) per class.
+        gamma: temperature ``> 0`` of the attention and pooling softmaxes.
+        pooling: ``"reference"`` (default; produced the paper's numbers) or ``"softtriple"``.
+        attention: ``False`` for the "no attention" ablation (``h = sum_m p_m``).
+        normalize_proxies: ``False`` for the "no normalization" ablation.
+        activation: ``"softmax"`` (inputs are logits) or ``"identity"`` (inputs are scores >= 0).
+        class_weight: optional per-class weight ``(C,)`` for the cross-entropy (its ``weight``;
+            renamed because ``MultiModalLoss.weight`` is the proxy parameter).
+        label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
+        ignore_index: target value that is ignored, as in cross-entropy.
+        reduction: ``"mean"``, ``"sum"`` or ``"none"``.
+        validate_args: check values (finite logits, target range) with one device sync per call.
+
+    Attributes:
+        weight: the ``(C*K, M*C)`` proxy parameter, row ``c*K + k`` is proxy ``k`` of class ``c``.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss import MultiModalLoss
+        >>> _ = torch.manual_seed(0)
+        >>> criterion = MultiModalLoss(num_classes=4, num_modalities=["audio", "video"], proxies_per_class=3)
+        >>> criterion.weight.shape
+        torch.Size([12, 8])
+        >>> logits = {"audio": torch.randn(6, 4, requires_grad=True), "video": torch.randn(6, 4)}
+        >>> loss = criterion(logits, torch.tensor([0, 1, 2, 3, 0, 1]))
+        >>> loss.backward()
+        >>> out = criterion.fuse(logits)
+        >>> out.logits.shape, out.attention.shape, out.modality_weights.shape
+        (torch.Size([6, 4]), torch.Size([6, 4, 3]), torch.Size([6, 2]))
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        num_modalities: int | Sequence[str],
+        proxies_per_class: int = 20,
+        gamma: float = 0.1,
+        *,
+        pooling: str = "reference",
+        attention: bool = True,
+        normalize_proxies: bool = True,
+        activation: str = "softmax",
+        class_weight: Tensor | Sequence[float] | None = None,
+        label_smoothing: float = 0.0,
+        ignore_index: int = -100,
+        reduction: str = "mean",
+        validate_args: bool = True,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        num_classes = V.check_int("num_classes", num_classes, 2)
+        m, names = V.check_modalities(num_modalities)
+        for name, flag in (("attention", attention), ("normalize_proxies", normalize_proxies)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"Expected argument `{name}` to be a bool, but got {type(flag).__name__} {flag!r}.")
+        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+            raise TypeError(f"Expected argument `ignore_index` to be an int, but got {ignore_index!r}.")
+        self.spec = FusionSpec(
+            num_classes=num_classes,
+            num_modalities=m,
+            proxies_per_class=V.check_int("proxies_per_class", proxies_per_class, 1),
+            gamma=V.check_gamma(gamma),
+            pooling=V.check_choice("pooling", pooling, V.POOLINGS),
+            attention=attention,
+            normalize_proxies=normalize_proxies,
+            activation=V.check_choice("activation", activation, V.ACTIVATIONS),
+        )
+        self.modality_names = names
+        self.reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
+        self.label_smoothing = V.check_label_smoothing(label_smoothing)
+        self.ignore_index = ignore_index
+        self.validate_args = bool(validate_args)
+        factory: dict[str, Any] = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(num_classes * self.spec.proxies_per_class, m * num_classes, **factory))
+        cw = V.check_class_weight(class_weight, num_classes)
+        # A buffer so that ``.to(device)`` moves it and checkpoints keep it.
+        self.register_buffer("class_weight", None if cw is None else cw.to(**factory))
+        self.reset_parameters()
+
+    # -- configuration shortcuts ----------------------------------------------------------
+    @property
+    def num_classes(self) -> int:
+        """Number of classes ``C``."""
+        return self.spec.num_classes
+
+    @property
+    def num_modalities(self) -> int:
+        """Number of modalities ``M``."""
+        return self.spec.num_modalities
+
+    @property
+    def proxies_per_class(self) -> int:
+        """Proxies (subgroups) per class ``K``."""
+        return self.spec.proxies_per_class
+
+    @property
+    def gamma(self) -> float:
+        """Temperature of the softmaxes."""
+        return self.spec.gamma
+
+    def reset_parameters(self) -> None:
+        """Initialise ``weight`` like ``nn.Linear`` (Kaiming-uniform with ``a = sqrt(5)``)."""
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    @property
+    def proxies(self) -> Tensor:
+        """The proxies used by the fusion, ``row_l2_normalize(clamp(weight, 0))``, ``(C*K, M*C)``."""
+        return normalized_proxies(self.weight, self.spec.normalize_proxies)
+
+    # -- computation ----------------------------------------------------------------------
+    def _prepare(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+        u = V.coerce_unimodal(unimodal_logits, self.modality_names, self.num_modalities)
+        V.check_unimodal_tensor(u, self.num_modalities, self.num_classes)
+        mask = V.check_mask(modality_mask, u.shape[0], self.num_modalities, u.device)
+        return u, mask
+
+    def forward(self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None = None) -> Tensor:
+        """Compute the loss. See the class docstring for the inputs."""
+        u, mask = self._prepare(unimodal_logits, modality_mask)
+        target = V.check_target_shape(target, u.shape[0])
+        num_valid = None
+        if self.validate_args:
+            num_valid = V.check_values(
+                u, mask, self.spec.activation, self.modality_names, target, self.num_classes, self.ignore_index
+            )
+        logits = _fuse_raw(u, self.weight, mask, self.spec)[0]
+        return self.loss_from_logits(logits, target, num_valid=num_valid)
+
+    def loss_from_logits(self, logits: Tensor, target: Tensor, num_valid: int | None = None) -> Tensor:
+        """Cross-entropy of already fused logits (e.g. ``fuse(...).logits``) with this loss's options."""
+        return cross_entropy_from_fused(
+            logits,
+            target,
+            class_weight=self.class_weight,
+            label_smoothing=self.label_smoothing,
+            ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            num_valid=num_valid,
+        )
+
+    def fused_logits(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> Tensor:
+        """Fused logits ``(B, C)`` only: the cheap path for prediction."""
+        u, mask = self._prepare(unimodal_logits, modality_mask)
+        if self.validate_args:
+            V.check_values(u, mask, self.spec.activation, self.modality_names)
+        return _fuse_raw(u, self.weight, mask, self.spec)[0]
+
+    def fuse(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> FusionOutput:
+        """Fused logits plus per-instance analytics (subgroup, attention, similarity, weights).
+
+        Returns:
+            A :class:`~lightning_mmloss.functional.FusionOutput`; its ``logits`` carry gradient.
+        """
+        u, mask = self._prepare(unimodal_logits, modality_mask)
+        if self.validate_args:
+            V.check_values(u, mask, self.spec.activation, self.modality_names)
+        return _analytics(*_fuse_raw(u, self.weight, mask, self.spec), self.spec)
+
+    def shapley(
+        self,
+        unimodal_logits: UnimodalInput,
+        target_class: int | Tensor | None = None,
+        modality_mask: Tensor | None = None,
+        max_rows: int = 65536,
+    ) -> Tensor:
+        """Exact per-instance Shapley values ``(B, M)`` of each modality for a class's fused probability.
+
+        See :func:`~lightning_mmloss.functional.modality_shapley`.
+        """
+        u, mask = self._prepare(unimodal_logits, modality_mask)
+        s = self.spec
+        return modality_shapley(
+            u,
+            self.weight,
+            target_class=target_class,
+            gamma=s.gamma,
+            pooling=s.pooling,
+            attention=s.attention,
+            normalize_proxies=s.normalize_proxies,
+            activation=s.activation,
+            modality_mask=mask,
+            max_rows=max_rows,
+            validate_args=self.validate_args,
+        )
+
+    def extra_repr(self) -> str:
+        """Configuration shown by ``repr``."""
+        s = self.spec
+        mods = list(self.modality_names) if self.modality_names else s.num_modalities
+        parts = [
+            f"num_classes={s.num_classes}",
+            f"num_modalities={mods}",
+            f"proxies_per_class={s.proxies_per_class}",
+            f"gamma={s.gamma}",
+        ]
+        if s.pooling != "reference":
+            parts.append(f"pooling={s.pooling!r}")
+        if not s.attention:
+            parts.append("attention=False")
+        if not s.normalize_proxies:
+            parts.append("normalize_proxies=False")
+        if s.activation != "softmax":
+            parts.append(f"activation={s.activation!r}")
+        return ", ".join(parts)

@@ -1,0 +1,125 @@
+"""A slow, obviously-correct transcription of ``shared/design/loss.md``, one instance at a time.
+
+No batching tricks, no layout changes: loops over instances, proxies, classes and proxy
+indices, written to be read next to the formulation. Gradients come from autograd.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import torch
+from torch import Tensor
+
+EPS = 1e-12
+
+
+def _l2_normalize(v: Tensor) -> Tensor:
+    return v / torch.clamp(torch.sqrt((v * v).sum()), min=EPS)
+
+
+def _softmax(v: Tensor) -> Tensor:
+    e = torch.exp(v - v.max())
+    return e / e.sum()
+
+
+def reference_fuse(
+    u: Tensor,
+    weight: Tensor,
+    K: int,
+    gamma: float = 0.1,
+    pooling: str = "reference",
+    attention: bool = True,
+    normalize: bool = True,
+    activation: str = "softmax",
+    mask: Tensor | None = None,
+) -> dict[str, Tensor]:
+    """Fuse a batch ``u`` ``(B, M, C)`` instance by instance; returns logits and analytics."""
+    B, M, C = u.shape
+    proxies = []
+    for j in range(C * K):
+        w = torch.clamp(weight[j], min=0)
+        proxies.append(_l2_normalize(w) if normalize else w)
+    P = torch.stack(proxies)  # (C*K, M*C), row c*K + k
+    out: dict[str, list[Tensor]] = {
+        k: [] for k in ("logits", "similarity", "attention", "weights", "probs", "subgroup")
+    }
+    for b in range(B):
+        blocks = []
+        for m in range(M):
+            pm = _softmax(u[b, m]) if activation == "softmax" else u[b, m]
+            if mask is not None and not bool(mask[b, m]):
+                pm = torch.zeros_like(pm)
+            blocks.append(pm)
+        z = torch.cat(blocks)
+        zn = _l2_normalize(z)
+        S = torch.stack([(zn * P[j]).sum() for j in range(C * K)])
+        A = _softmax(S / gamma)
+        a = sum(A[j] * P[j] for j in range(C * K))
+        h = []
+        for c in range(C):
+            total = 0.0
+            for m in range(M):
+                boost = (1 + a[m * C + c]) if attention else 1.0
+                total = total + boost * blocks[m][c]
+            h.append(total)
+        Sck = S.view(C, K)
+        q = torch.zeros(C, K, dtype=u.dtype)
+        if pooling == "reference":
+            q = torch.stack([_softmax(Sck[:, k] / gamma) for k in range(K)], dim=1)
+        else:
+            q = torch.stack([_softmax(Sck[c, :] / gamma) for c in range(C)], dim=0)
+        s = [sum(q[c, k] * Sck[c, k] for k in range(K)) for c in range(C)]
+        o = torch.stack([s[c] + h[c] for c in range(C)])
+        c_hat = int(o.argmax())
+        contrib = []
+        for m in range(M):
+            boost = (1 + a[m * C + c_hat]) if attention else 1.0
+            contrib.append(boost * blocks[m][c_hat])
+        contrib_t = torch.stack([torch.as_tensor(x, dtype=u.dtype) for x in contrib])
+        weights = contrib_t / contrib_t.sum() if float(contrib_t.sum().detach()) > 0 else torch.zeros_like(contrib_t)
+        out["logits"].append(o)
+        out["similarity"].append(Sck)
+        out["attention"].append(A.view(C, K))
+        out["weights"].append(weights)
+        out["probs"].append(torch.stack(blocks))
+        out["subgroup"].append(S.argmax())
+    return {k: torch.stack(v) for k, v in out.items()}
+
+
+def reference_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    class_weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+) -> Tensor:
+    """Mean cross-entropy, written out per instance (matches ``F.cross_entropy`` semantics)."""
+    B, C = logits.shape
+    w = class_weight if class_weight is not None else torch.ones(C, dtype=logits.dtype)
+    num = logits.new_zeros(())
+    den = logits.new_zeros(())
+    smooth = logits.new_zeros(())
+    for b in range(B):
+        y = int(target[b])
+        if y == ignore_index:
+            continue
+        logp = logits[b] - torch.logsumexp(logits[b], dim=0)
+        num = num - w[y] * logp[y]
+        den = den + w[y]
+        smooth = smooth - (w * logp).sum() / C
+    return ((1 - label_smoothing) * num + label_smoothing * smooth) / den
+
+
+def reference_shapley(value, M: int) -> list[float]:
+    """Shapley values by the permutation definition: average marginal contribution over all orders."""
+    phi = [0.0] * M
+    orders = list(itertools.permutations(range(M)))
+    for order in orders:
+        present: set[int] = set()
+        for m in order:
+            before = value(frozenset(present))
+            present.add(m)
+            phi[m] += value(frozenset(present)) - before
+    return [x / math.factorial(M) for x in phi]

@@ -1,0 +1,148 @@
+"""The module against the naive per-instance reference, in float64, values and gradients."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from lightning_mmloss import MultiModalLoss
+from lightning_mmloss.functional import multimodal_logits
+from tests.helpers.reference import reference_cross_entropy, reference_fuse
+
+GRID = list(
+    itertools.product(
+        [1, 2, 3],  # M
+        [2, 4],  # C
+        [1, 3],  # K
+        ["reference", "softtriple"],
+        [True, False],  # attention
+        [True, False],  # normalize
+    )
+)
+
+
+def _inputs(B: int, M: int, C: int, activation: str = "softmax") -> torch.Tensor:
+    u = torch.randn(B, M, C, dtype=torch.float64) * 2
+    if activation == "identity":
+        u = u.softmax(dim=-1)
+    return u.requires_grad_(True)
+
+
+def _make(M: int, C: int, K: int, **kw) -> MultiModalLoss:
+    crit = MultiModalLoss(C, M, K, **kw).double()
+    with torch.no_grad():  # some exact zeros and negative rows: exercise the clamp
+        crit.weight.uniform_(-0.3, 1.0)
+    return crit
+
+
+@pytest.mark.parametrize(("M", "C", "K", "pooling", "attention", "normalize"), GRID)
+def test_matches_reference(M: int, C: int, K: int, pooling: str, attention: bool, normalize: bool) -> None:
+    crit = _make(M, C, K, pooling=pooling, attention=attention, normalize_proxies=normalize, gamma=0.3)
+    u = _inputs(5, M, C)
+    y = torch.randint(0, C, (5,))
+    out = crit.fuse(u)
+    ref = reference_fuse(u, crit.weight, K, 0.3, pooling, attention, normalize)
+    torch.testing.assert_close(out.logits, ref["logits"])
+    torch.testing.assert_close(out.similarity, ref["similarity"].detach())
+    torch.testing.assert_close(out.attention, ref["attention"].detach())
+    torch.testing.assert_close(out.unimodal_probs, ref["probs"].detach())
+    torch.testing.assert_close(out.modality_weights, ref["weights"].detach())
+    assert torch.equal(out.subgroup, ref["subgroup"])
+
+    loss = crit(u, y)
+    ref_loss = reference_cross_entropy(ref["logits"], y)
+    torch.testing.assert_close(loss, ref_loss)
+    g_u, g_w = torch.autograd.grad(loss, (u, crit.weight))
+    r_u, r_w = torch.autograd.grad(ref_loss, (u, crit.weight))
+    torch.testing.assert_close(g_u, r_u)
+    torch.testing.assert_close(g_w, r_w)
+
+
+@pytest.mark.parametrize("pooling", ["reference", "softtriple"])
+@pytest.mark.parametrize("activation", ["softmax", "identity"])
+def test_matches_reference_with_mask(pooling: str, activation: str) -> None:
+    M, C, K = 3, 4, 2
+    crit = _make(M, C, K, pooling=pooling, activation=activation)
+    u = _inputs(6, M, C, activation)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=torch.bool)
+    y = torch.randint(0, C, (6,))
+    out = crit.fuse(u, modality_mask=mask)
+    ref = reference_fuse(u, crit.weight, K, 0.1, pooling, True, True, activation, mask)
+    torch.testing.assert_close(out.logits, ref["logits"])
+    torch.testing.assert_close(out.modality_weights, ref["weights"].detach())
+    assert torch.all(out.modality_weights[~mask] == 0)
+    loss = crit(u, y, modality_mask=mask)
+    ref_loss = reference_cross_entropy(ref["logits"], y)
+    torch.testing.assert_close(loss, ref_loss)
+    g = torch.autograd.grad(loss, (u, crit.weight))
+    r = torch.autograd.grad(ref_loss, (u, crit.weight))
+    torch.testing.assert_close(g, r)
+    assert torch.all(g[0][~mask] == 0)
+
+
+def test_cross_entropy_options_match_reference() -> None:
+    M, C, K = 2, 5, 3
+    cw = torch.tensor([1.0, 2.0, 0.5, 1.5, 0.0], dtype=torch.float64)
+    crit = _make(M, C, K, class_weight=cw, label_smoothing=0.2, ignore_index=-1)
+    u = _inputs(7, M, C)
+    y = torch.tensor([0, 1, -1, 3, 4, 2, -1])
+    ref = reference_fuse(u, crit.weight, K)
+    loss = crit(u, y)
+    ref_loss = reference_cross_entropy(ref["logits"], y, cw, 0.2, -1)
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(
+        torch.autograd.grad(loss, (u, crit.weight)), torch.autograd.grad(ref_loss, (u, crit.weight))
+    )
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_reductions(reduction: str) -> None:
+    crit = _make(2, 3, 2, reduction=reduction)
+    u = _inputs(4, 2, 3)
+    y = torch.tensor([0, 1, 2, 1])
+    ref_logits = reference_fuse(u, crit.weight, 2)["logits"]
+    per = torch.stack([reference_cross_entropy(ref_logits[i : i + 1], y[i : i + 1]) for i in range(4)])
+    expected = per.sum() if reduction == "sum" else per
+    torch.testing.assert_close(crit(u, y), expected)
+
+
+@pytest.mark.parametrize(
+    ("pooling", "attention", "normalize", "masked"),
+    [
+        ("reference", True, True, False),
+        ("reference", True, True, True),
+        ("softtriple", True, True, False),
+        ("reference", False, True, False),
+        ("softtriple", True, False, True),
+    ],
+)
+def test_gradcheck(pooling: str, attention: bool, normalize: bool, masked: bool) -> None:
+    M, C, K = 3, 3, 2
+    crit = _make(M, C, K, pooling=pooling, attention=attention, normalize_proxies=normalize, gamma=0.5)
+    with torch.no_grad():  # keep every weight away from the clamp's kink at 0
+        crit.weight.copy_(torch.where(crit.weight.abs() < 0.05, 0.3, crit.weight))
+    u = _inputs(4, M, C)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 0], [0, 1, 0]], dtype=torch.bool) if masked else None
+    w = crit.weight.detach().clone().requires_grad_(True)
+
+    def fused(u_: torch.Tensor, w_: torch.Tensor) -> torch.Tensor:
+        return multimodal_logits(
+            u_, w_, gamma=0.5, pooling=pooling, attention=attention, normalize_proxies=normalize, modality_mask=mask
+        )
+
+    assert torch.autograd.gradcheck(fused, (u, w), eps=1e-6, atol=1e-5)
+
+
+def test_float32_matches_float64() -> None:
+    crit = MultiModalLoss(6, 3, 4)
+    u = torch.randn(32, 3, 6)
+    y = torch.randint(0, 6, (32,))
+    l32 = crit(u, y)
+    crit64 = MultiModalLoss(6, 3, 4).double()
+    crit64.load_state_dict(crit.state_dict())
+    assert crit64.weight.dtype == torch.float64
+    l64 = crit64(u.double(), y)
+    assert l32.dtype == torch.float32 and l64.dtype == torch.float64
+    torch.testing.assert_close(l32.double(), l64, rtol=1e-5, atol=1e-6)
