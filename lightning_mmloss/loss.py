@@ -56,6 +56,8 @@ class MultiModalLoss(nn.Module):
         attention: ``False`` for the "no attention" ablation (``h = sum_m p_m``).
         normalize_proxies: ``False`` for the "no normalization" ablation.
         activation: ``"softmax"`` (inputs are logits) or ``"identity"`` (inputs are scores >= 0).
+        backend: ``"fused"`` (default: hand-written backward, the fastest) or ``"autograd"``
+            (plain torch ops: supports double backward and ``torch.func`` transforms).
         class_weight: optional per-class weight ``(C,)`` for the cross-entropy (its ``weight``;
             renamed because ``MultiModalLoss.weight`` is the proxy parameter).
         label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
@@ -93,6 +95,7 @@ class MultiModalLoss(nn.Module):
         attention: bool = True,
         normalize_proxies: bool = True,
         activation: str = "softmax",
+        backend: str = "fused",
         class_weight: Tensor | Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         ignore_index: int = -100,
@@ -118,6 +121,7 @@ class MultiModalLoss(nn.Module):
             attention=attention,
             normalize_proxies=normalize_proxies,
             activation=V.check_choice("activation", activation, V.ACTIVATIONS),
+            backend=V.check_choice("backend", backend, V.BACKENDS),
         )
         self.modality_names = names
         self.reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
@@ -208,7 +212,7 @@ class MultiModalLoss(nn.Module):
         u, mask = self._prepare(unimodal_logits, modality_mask)
         if self.validate_args:
             V.check_values(u, mask, self.spec.activation, self.modality_names)
-        return _analytics(*_fuse_raw(u, self.weight, mask, self.spec), self.spec)
+        return _analytics(*_fuse_raw(u, self.weight, mask, self.spec, analytics=True), self.spec)
 
     def shapley(
         self,
@@ -232,6 +236,7 @@ class MultiModalLoss(nn.Module):
             attention=s.attention,
             normalize_proxies=s.normalize_proxies,
             activation=s.activation,
+            backend=s.backend,
             modality_mask=mask,
             max_rows=max_rows,
             validate_args=self.validate_args,

@@ -4,10 +4,14 @@ The forward and backward passes are written by hand in one :class:`torch.autogra
 Why: the formulation is a chain of about twenty small operations on ``(B, C*K)`` tensors;
 autograd records, saves and replays each one. Writing the backward out lets it
 
-* lay the proxies out so that the pooling softmax runs over the contiguous last axis;
-* compute the attention softmax and the pooling softmax from one similarity matrix;
-* fold ``1/gamma`` into the matrix products (``addmm(alpha=...)``);
+* derive the pooling softmax from the attention softmax (a sum and a division instead of a
+  second softmax over a short, strided axis);
+* fold ``1/gamma`` into the matrix products (``addmm(alpha=...)``) and ``1/|w|`` into the
+  small factors of the proxy gradient;
+* replace the ``(B, C*K)`` dot product of the attention backward by a ``(B, M*C)`` one;
 * reuse forward products (``q * T``) in the backward pass.
+
+Choices were measured with ``benchmarks/loss_speed.py`` (see ``benchmarks/README.md``).
 
 The result is checked against a naive per-instance loop and with ``gradcheck`` in the tests.
 """
@@ -15,6 +19,7 @@ The result is checked against a naive per-instance loop and with ``gradcheck`` i
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,11 +49,7 @@ class FusionSpec:
     attention: bool = True
     normalize_proxies: bool = True
     activation: str = "softmax"
-
-    @property
-    def class_major(self) -> bool:
-        """``True`` when the internal layout is ``(B, C, K)`` (pooling over proxies, the last axis)."""
-        return self.pooling == "softtriple"
+    backend: str = "fused"
 
 
 @dataclass(frozen=True)
@@ -100,8 +101,16 @@ class FusionOutput:
         return self.logits.argmax(dim=-1)
 
 
+def _autocast_enabled(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
+
+
 def _no_autocast(device_type: str) -> contextlib.AbstractContextManager[Any]:
-    if device_type in _AUTOCAST_DEVICES:
+    """Disable autocast for the fusion, which runs in at least float32 (no-op when it is off)."""
+    if device_type in _AUTOCAST_DEVICES and _autocast_enabled(device_type):
         return torch.autocast(device_type=device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -114,28 +123,44 @@ def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     return dtype
 
 
-def _grouped_proxies(weight: Tensor, spec: FusionSpec) -> tuple[Tensor, Tensor | None]:
-    """Non-negative (unit-norm) proxies in the internal layout, and the raw row norms.
+def _proxies(weight: Tensor, normalize: bool) -> tuple[Tensor, Tensor | None]:
+    """Non-negative (unit-norm) proxies ``(C*K, M*C)`` and the inverse row norms ``(C*K, 1)``.
 
-    Internal layout: rows ordered so that the pooling axis is the last one of the similarity
-    matrix, i.e. ``k*C + c`` for reference pooling and ``c*K + k`` (the parameter's own order)
-    for softtriple pooling. The permutation is written by the normalising division itself, so
-    it costs no extra pass over the proxies.
+    Three passes over the parameter (clamp, norm, in-place scaling) and no extra buffer:
+    this matters when ``C*K x M*C`` is large (e.g. C=1000).
     """
-    C, K = spec.num_classes, spec.proxies_per_class
-    D = weight.shape[1]
-    wc = weight.clamp_min(0)
-    norms = torch.linalg.vector_norm(wc, dim=1, keepdim=True) if spec.normalize_proxies else None
-    if spec.class_major:
-        proxies = wc / norms.clamp_min(_EPS) if norms is not None else wc
-        return proxies, norms
-    out = torch.empty((K, C, D), dtype=weight.dtype, device=weight.device)
-    src = wc.view(C, K, D).transpose(0, 1)
-    if norms is not None:
-        torch.div(src, norms.clamp_min(_EPS).view(C, K, 1).transpose(0, 1), out=out)
-    else:
-        out.copy_(src)
-    return out.view(K * C, D), norms
+    proxies = weight.clamp_min(0)
+    if not normalize:
+        return proxies, None
+    inv = torch.linalg.vector_norm(proxies, dim=1, keepdim=True).clamp_min_(_EPS).reciprocal_()
+    return proxies.mul_(inv), inv
+
+
+def _softmax_last(x: Tensor) -> Tensor:
+    """Softmax over the last axis (the C unimodal classes).
+
+    On CPU, ``Tensor.softmax`` handles a short contiguous last axis one row at a time: for
+    ``(1024, 3, 10)`` it was measured 3x slower than the five vectorised ops below, which in
+    turn lose for long rows or few of them (one kernel beats five launches).
+    """
+    if x.shape[-1] > 16 or x.numel() < 2048 or x.device.type != "cpu":
+        return x.softmax(dim=-1)
+    if torch.is_grad_enabled() and x.requires_grad:  # autograd needs exp's output intact
+        e = (x - x.detach().amax(dim=-1, keepdim=True)).exp()
+        return e / e.sum(dim=-1, keepdim=True)
+    e = (x - x.amax(dim=-1, keepdim=True)).exp_()
+    return e.div_(e.sum(dim=-1, keepdim=True))
+
+
+# The pooling softmax q is derived from the attention softmax A (q = A / sum over the pooling
+# axis) when no entry of A can underflow: T = S / gamma lies in [0, 1/gamma] for unit-norm
+# proxies, so every exp(T - max T) / sum >= exp(-1/gamma) / (C*K). Keep that a normal float.
+_LOG_TINY_MARGIN = 75.0
+
+
+def _pool_from_attention(spec: FusionSpec) -> bool:
+    n = spec.num_classes * spec.proxies_per_class
+    return spec.normalize_proxies and 1.0 / spec.gamma + math.log(n) <= _LOG_TINY_MARGIN
 
 
 def normalized_proxies(weight: Tensor, normalize: bool = True) -> Tensor:
@@ -163,108 +188,187 @@ def normalized_proxies(weight: Tensor, normalize: bool = True) -> Tensor:
 class _FusionFunction(torch.autograd.Function):
     """Fused logits with a hand-written backward pass.
 
-    Outputs ``(o, T, A, a, p)``: fused logits (differentiable) and, detached, the scaled
-    similarity ``T = S / gamma`` and attention ``A`` in the internal layout, the attended proxy
-    ``a`` ``(B, M*C)`` and the masked unimodal scores ``p`` ``(B, M, C)``. ``A`` and ``a`` are
-    ``None``-like empty tensors when attention is disabled.
+    Layout: similarities as ``(B, C, K)`` (the parameter's row order ``c*K + k``). Returns the
+    fused logits ``o`` ``(B, C)``; with ``analytics=True`` also, marked non-differentiable, the
+    scaled similarity ``T = S / gamma`` ``(B, C, K)``, the attention ``A`` ``(B, C, K)``, the
+    attended proxy ``a`` ``(B, M*C)`` (empty when attention is off) and the masked unimodal
+    scores ``p`` ``(B, M, C)``.
+
+    Normalisation (of ``z`` and of the proxies) is differentiated as ``x / |x|`` wherever the
+    norm is positive; ``F.normalize`` differs only for norms in ``(0, 1e-12]``, which softmax
+    scores cannot have. Zero vectors (absent modalities, fully clamped proxies) get zero
+    gradient, as with ``F.normalize``.
     """
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        ctx: Any, u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, analytics: bool
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         B, M, C = u.shape
+        K = spec.proxies_per_class
         g = spec.gamma
         # identity: clone so that the returned (detached) scores never alias the input
-        p = u.softmax(dim=-1) if spec.activation == "softmax" else u.clone()
+        p = _softmax_last(u) if spec.activation == "softmax" else u.clone()
         if mask is not None:
             # ``where`` rather than a product: absent modalities may hold NaN placeholders.
             p = torch.where(mask[:, :, None], p, p.new_zeros(()))
-        z = p.reshape(B, M * C)
-        r = torch.linalg.vector_norm(z, dim=1, keepdim=True)
-        zn = z / r.clamp_min(_EPS)
-        P, norms = _grouped_proxies(weight, spec)
-        G1, G2 = (C, spec.proxies_per_class) if spec.class_major else (spec.proxies_per_class, C)
+        z = p.view(B, M * C)
+        inv_r = torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min_(_EPS).reciprocal_()
+        zn = z * inv_r
+        P, inv_n = _proxies(weight, spec.normalize_proxies)
+        zero = zn.new_zeros(())  # addmm's ignored input (beta=0)
         # T = S / gamma, with the 1/gamma folded into the matrix product.
-        T = torch.addmm(zn.new_zeros(()), zn, P.t(), beta=0, alpha=1.0 / g).view(B, G1, G2)
-        q = T.softmax(dim=-1)
-        qT = q * T
-        s = qT.sum(dim=2 if spec.class_major else 1)  # sum over the proxy index k
+        T = torch.addmm(zero, zn, P.t(), beta=0, alpha=1.0 / g).view(B, C, K)
+        A = T.view(B, C * K).softmax(dim=-1).view(B, C, K)
+        pool = 1 if spec.pooling == "reference" else 2  # softmax axis of q in (B, C, K)
+        if _pool_from_attention(spec):
+            # q = softmax of T over the pooling axis = A renormalised over that axis.
+            q = A / A.sum(dim=pool, keepdim=True)
+        else:
+            q = T.softmax(dim=pool)
+        # Every fresh (B, C*K) buffer costs page faults on CPU: without analytics, T is not
+        # needed after this point, so q * T overwrites it.
+        qT = q * T if analytics else T.mul_(q)
+        s = qT.sum(dim=2)  # sum_k q*T, i.e. s / gamma
         if spec.attention:
-            A = T.view(B, G1 * G2).softmax(dim=-1)
-            a = A @ P
+            a = A.view(B, C * K) @ P
             h = torch.addcmul(z, a, z).view(B, M, C).sum(dim=1)  # sum_m (1 + a_m) * p_m
         else:
-            A, a = T.new_empty(0), T.new_empty(0)
+            a = None
             h = p.sum(dim=1)
-        o = torch.add(h, s, alpha=g)  # s = gamma * sum q*T
+        o = torch.add(h, s, alpha=g)
         ctx.spec = spec
-        ctx.save_for_backward(weight, mask, p, zn, r, P, norms, q, qT, A, a, s)
-        ctx.mark_non_differentiable(T, A, a, p)
-        return o, T, A, a, p
+        ctx.save_for_backward(weight, mask, p, zn, inv_r, P, inv_n, q, qT, A, a, s, zero)
+        if not analytics:
+            return o
+        # the analytics outputs get no gradient: do not let autograd allocate zeros for them
+        ctx.set_materialize_grads(False)
+        a_out = a if a is not None else T.new_empty(0)
+        ctx.mark_non_differentiable(T, A, a_out, p)
+        return o, T, A, a_out, p
 
     @staticmethod
     @once_differentiable
     def backward(  # type: ignore[override]
-        ctx: Any, grad_o: Tensor, *_: Any
-    ) -> tuple[Tensor | None, Tensor | None, None, None]:
+        ctx: Any, grad_o: Tensor | None, *_: Any
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        if grad_o is None:  # the fused logits did not reach the loss
+            return None, None, None, None, None
         spec: FusionSpec = ctx.spec
-        weight, mask, p, zn, r, P, norms, q, qT, A, a, s = ctx.saved_tensors
-        need_u, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        weight, mask, p, zn, inv_r, P, inv_n, q, qT, A, a, s, zero = ctx.saved_tensors
         with _no_autocast(grad_o.device.type):
             G = grad_o.to(p.dtype)
             B, M, C = p.shape
+            K = spec.proxies_per_class
             g = spec.gamma
-            G1, G2 = q.shape[1], q.shape[2]
+            A2 = A.view(B, C * K)
             G3 = G[:, None, :]  # broadcast over modalities
-            # --- h = sum_m (1 + a_m) p_m -------------------------------------------------
+            # --- h = sum_m (1 + a_m) p_m, a = A @ P, A = softmax(T) over all C*K ----------
             if spec.attention:
                 dz = torch.addcmul(G3, G3, a.view(B, M, C)).view(B, M * C)
                 da = (G3 * p).view(B, M * C)
-                dA = da @ P.t()  # (B, CK)
-                rowdot = torch.bmm(A.view(B, 1, G1 * G2), dA.view(B, G1 * G2, 1)).view(B, 1)
-                dT = dA.sub_(rowdot).mul_(A).view(B, G1, G2)  # softmax backward over all proxies
+                dA = torch.mm(da, P.t())  # (B, C*K)
+                # sum_j A_j dA_j = da . (A @ P) = da . a: a (B, M*C) dot instead of a (B, C*K) one
+                rowdot = torch.linalg.vecdot(da, a).unsqueeze(1)
+                dT = dA.sub_(rowdot).mul_(A2).view(B, C, K)
             else:
                 dz = G3.expand(B, M, C).reshape(B, M * C)
+                da = None
                 dT = torch.zeros_like(q)
-            # --- s = gamma * sum_pool q * T, q = softmax_last(T) -------------------------
-            # d s / d T = gamma * q * [Gb * (1 + T) - sum_last(q * T * Gb)]
-            if spec.class_major:
-                Gb = G[:, :, None]
-                colsum = (G * s)[:, :, None]  # the saved s is sum_k q*T
+            # --- s = gamma * sum_k q * T, q = softmax of T over the pooling axis ----------
+            # d(gamma s)/dT = gamma * q * [G (1 + T) - sum_pool(q * T * G)]
+            Gb = G[:, :, None]  # (B, C, 1): class axis is 1
+            if spec.pooling == "reference":
+                colsum = torch.bmm(G[:, None, :], qT)  # (B, 1, K): sum_c G q T, no (B, C, K) temporary
             else:
-                Gb = G[:, None, :]
-                colsum = torch.bmm(qT, G[:, :, None])  # (B, K, 1)
-            tmp = (q + qT).mul_(Gb).addcmul_(q, colsum, value=-1)
-            dT.add_(tmp, alpha=g)
-            dT2 = dT.view(B, G1 * G2)
-            # --- T = zn @ P^T / gamma ----------------------------------------------------
+                colsum = (G * s)[:, :, None]  # (B, C, 1): the saved s is sum_k q T
+            dT.addcmul_(q, Gb, value=g).addcmul_(qT, Gb, value=g).addcmul_(q, colsum, value=-g)
+            dT2 = dT.view(B, C * K)
+            # --- T = zn @ P^T / gamma, zn = z / |z| ----------------------------------------
             grad_u = grad_w = None
-            if need_u:
-                dzn = torch.addmm(zn.new_zeros(()), dT2, P, beta=0, alpha=1.0 / g)
-                # zn = z / max(|z|, eps): project out the radial part where |z| > eps
-                radial = (zn * dzn).sum(dim=1, keepdim=True) * (r > _EPS)
-                dz += (dzn - zn * radial) / r.clamp_min(_EPS)
+            if ctx.needs_input_grad[0]:
+                dzn = torch.addmm(zero, dT2, P, beta=0, alpha=1.0 / g)
+                radial = torch.linalg.vecdot(zn, dzn).unsqueeze(1)  # project out the radial part
+                dz.add_(dzn.addcmul_(zn, radial, value=-1).mul_(inv_r))
                 dp = dz.view(B, M, C)
                 if mask is not None:
-                    dp = torch.where(mask[:, :, None], dp, dp.new_zeros(()))
-                softmax_in = spec.activation == "softmax"
-                grad_u = p * (dp - (p * dp).sum(dim=-1, keepdim=True)) if softmax_in else dp
-            if need_w:
-                dP = torch.mm(dT2.t(), zn).div_(g)
-                if spec.attention:
-                    dP.addmm_(A.t(), da)
-                if norms is not None:
-                    # P = wc / max(|wc|, eps)
-                    radial = (P * dP).sum(dim=1, keepdim=True)
-                    nrm = norms if spec.class_major else norms.view(C, -1, 1).transpose(0, 1).reshape(-1, 1)
-                    radial = radial * (nrm > _EPS)
-                    dP = dP.addcmul_(P, radial, value=-1).div_(nrm.clamp_min(_EPS))
-                if not spec.class_major:
-                    K = G1
-                    dP = dP.view(K, C, -1).transpose(0, 1).reshape(C * K, -1)
-                grad_w = torch.where(weight >= 0, dP, dP.new_zeros(()))
-        return grad_u, grad_w, None, None
+                    dp = torch.where(mask[:, :, None], dp, zero)
+                if spec.activation == "softmax":
+                    pdp = p * dp
+                    grad_u = pdp.addcmul_(p, pdp.sum(dim=-1, keepdim=True), value=-1)  # p * (dp - sum p dp)
+                else:
+                    grad_u = dp
+            if ctx.needs_input_grad[1]:
+                grad_w = _proxy_grad(dT2, A2, da, zn, P, inv_n, weight, g, zero)
+        return grad_u, grad_w, None, None, None
+
+
+def _proxy_grad(
+    dT: Tensor,
+    A: Tensor,
+    da: Tensor | None,
+    zn: Tensor,
+    P: Tensor,
+    inv_n: Tensor | None,
+    weight: Tensor,
+    g: float,
+    zero: Tensor,
+) -> Tensor:
+    """Gradient w.r.t. the proxy parameter from ``dT`` ``(B, C*K)`` and ``da`` ``(B, M*C)``.
+
+    ``P = wc / |wc|`` with ``wc = clamp(w, 0)``. The ``1/|wc|`` row scale goes on whichever
+    side of the products is smaller: the ``(B, C*K)`` factors or the ``(C*K, M*C)`` result.
+    """
+    B, D = zn.shape
+    scale_factors = inv_n is not None and B < D
+    if scale_factors:
+        row = inv_n.view(1, -1)
+        dT, A = dT * row, A * row
+    dP = torch.addmm(zero, dT.t(), zn, beta=0, alpha=1.0 / g)
+    if da is not None:
+        dP.addmm_(A.t(), da)
+    if inv_n is not None:
+        if not scale_factors:
+            dP.mul_(inv_n)
+        dP.addcmul_(P, torch.linalg.vecdot(P, dP).unsqueeze(1), value=-1)  # project out the radial part
+    return dP.masked_fill_(weight < 0, 0.0)  # clamp_min passes the gradient where w >= 0
+
+
+def _fuse_composite(
+    u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor]:
+    """The same fusion from differentiable torch ops (autograd builds the backward).
+
+    ``backend="autograd"``: slower than the hand-written backward at every size measured
+    (``benchmarks/loss_speed.py --crossover``), but it supports double backward and
+    ``torch.func`` transforms. Same outputs as :class:`_FusionFunction` with
+    ``analytics=True``; ``T``, ``A``, ``a`` and ``p`` are detached.
+    """
+    B, M, C = u.shape
+    K = spec.proxies_per_class
+    present = None if mask is None else mask[:, :, None]
+    if present is not None:  # absent entries may be NaN: keep them out of every backward formula
+        u = torch.where(present, u, u.new_zeros(()))
+    p = _softmax_last(u) if spec.activation == "softmax" else u
+    if present is not None:
+        p = torch.where(present, p, p.new_zeros(()))
+    z = p.reshape(B, M * C)
+    zn = z / torch.linalg.vector_norm(z, dim=1, keepdim=True).clamp_min(_EPS)
+    wc = weight.clamp_min(0)
+    P = wc / torch.linalg.vector_norm(wc, dim=1, keepdim=True).clamp_min(_EPS) if spec.normalize_proxies else wc
+    T = (zn @ P.t()).mul(1.0 / spec.gamma).view(B, C, K)
+    A = T.view(B, C * K).softmax(dim=-1).view(B, C, K)
+    pool = 1 if spec.pooling == "reference" else 2
+    q = A / A.sum(dim=pool, keepdim=True) if _pool_from_attention(spec) else T.softmax(dim=pool)
+    s = (q * T).sum(dim=2)
+    if spec.attention:
+        a = A.view(B, C * K) @ P
+        h = (z + a * z).view(B, M, C).sum(dim=1)
+    else:
+        a = None
+        h = p.sum(dim=1)
+    o = h + spec.gamma * s
+    return o, T.detach(), A.detach(), None if a is None else a.detach(), p.detach()
 
 
 def _spec_from(u: Tensor, weight: Tensor, **options: Any) -> FusionSpec:
@@ -280,16 +384,25 @@ def _spec_from(u: Tensor, weight: Tensor, **options: Any) -> FusionSpec:
         attention=bool(options["attention"]),
         normalize_proxies=bool(options["normalize_proxies"]),
         activation=V.check_choice("activation", options["activation"], V.ACTIVATIONS),
+        backend=V.check_choice("backend", options["backend"], V.BACKENDS),
     )
 
 
 def _fuse_raw(
-    u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec
-) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Run the fusion in at least float32 with autocast disabled (inputs already validated)."""
+    u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, analytics: bool = False
+) -> tuple[Any, ...]:
+    """Run the fusion in at least float32 with autocast disabled (inputs already validated).
+
+    Returns ``(o, T, A, a, p)``; with ``analytics=False`` (the loss and prediction paths) only
+    ``o`` is computed for return, the rest is ``None``.
+    """
     dtype = _compute_dtype(u, weight)
     with _no_autocast(u.device.type):
-        return _FusionFunction.apply(u.to(dtype), weight.to(dtype), mask, spec)
+        u, weight = u.to(dtype), weight.to(dtype)
+        if spec.backend == "autograd":
+            return _fuse_composite(u, weight, mask, spec)
+        out = _FusionFunction.apply(u, weight, mask, spec, analytics)
+    return out if analytics else (out, None, None, None, None)
 
 
 def _analytics(o: Tensor, T: Tensor, A: Tensor, a: Tensor, p: Tensor, spec: FusionSpec) -> FusionOutput:
@@ -298,12 +411,7 @@ def _analytics(o: Tensor, T: Tensor, A: Tensor, a: Tensor, p: Tensor, spec: Fusi
         B, M, C = p.shape
         K = spec.proxies_per_class
         S = T * spec.gamma
-        if not spec.attention:
-            A = T.view(B, -1).softmax(dim=-1).view_as(T)
-        if spec.class_major:
-            sim, att = S, A.view_as(S)
-        else:  # internal (B, K, C) -> public (B, C, K)
-            sim, att = S.transpose(1, 2), A.view_as(S).transpose(1, 2)
+        sim, att = S, A.view_as(S)
         subgroup = sim.reshape(B, C * K).argmax(dim=-1)
         c_hat = o.detach().argmax(dim=-1)
         pick = c_hat.view(B, 1, 1).expand(B, M, 1)
@@ -346,6 +454,7 @@ def multimodal_logits(
     attention: bool = True,
     normalize_proxies: bool = True,
     activation: str = "softmax",
+    backend: str = "fused",
     modality_mask: Tensor | None = None,
     modality_names: Sequence[str] | None = None,
     validate_args: bool = True,
@@ -368,6 +477,8 @@ def multimodal_logits(
         normalize_proxies: ``False`` is the "no normalization" ablation.
         activation: ``"softmax"`` for raw logits, ``"identity"`` for inputs that already are
             non-negative scores.
+        backend: ``"fused"`` (hand-written backward, the fastest) or ``"autograd"`` (plain
+            torch ops: supports double backward and ``torch.func`` transforms).
         modality_mask: optional bool ``(B, M)``, ``True`` where the modality is present.
         modality_names: order of the keys when ``unimodal_logits`` is a mapping.
         validate_args: check values (finite, non-negative for ``identity``); costs one sync.
@@ -386,7 +497,12 @@ def multimodal_logits(
         torch.Size([4, 3])
     """
     opts = dict(
-        gamma=gamma, pooling=pooling, attention=attention, normalize_proxies=normalize_proxies, activation=activation
+        gamma=gamma,
+        pooling=pooling,
+        attention=attention,
+        normalize_proxies=normalize_proxies,
+        activation=activation,
+        backend=backend,
     )
     u, mask, spec = _prepare(unimodal_logits, weight, modality_mask, modality_names, opts)
     if validate_args:
@@ -403,6 +519,7 @@ def multimodal_fuse(
     attention: bool = True,
     normalize_proxies: bool = True,
     activation: str = "softmax",
+    backend: str = "fused",
     modality_mask: Tensor | None = None,
     modality_names: Sequence[str] | None = None,
     validate_args: bool = True,
@@ -420,16 +537,23 @@ def multimodal_fuse(
         >>> from lightning_mmloss.functional import multimodal_fuse
         >>> _ = torch.manual_seed(0)
         >>> out = multimodal_fuse(torch.randn(4, 2, 3), torch.rand(15, 6))
-        >>> out.attention.shape, out.modality_weights.sum(dim=1)
-        (torch.Size([4, 3, 5]), tensor([1., 1., 1., 1.]))
+        >>> out.attention.shape
+        torch.Size([4, 3, 5])
+        >>> bool(torch.allclose(out.modality_weights.sum(dim=1), torch.ones(4)))
+        True
     """
     opts = dict(
-        gamma=gamma, pooling=pooling, attention=attention, normalize_proxies=normalize_proxies, activation=activation
+        gamma=gamma,
+        pooling=pooling,
+        attention=attention,
+        normalize_proxies=normalize_proxies,
+        activation=activation,
+        backend=backend,
     )
     u, mask, spec = _prepare(unimodal_logits, weight, modality_mask, modality_names, opts)
     if validate_args:
         V.check_values(u, mask, spec.activation, modality_names and tuple(modality_names))
-    return _analytics(*_fuse_raw(u, weight, mask, spec), spec)
+    return _analytics(*_fuse_raw(u, weight, mask, spec, analytics=True), spec)
 
 
 def cross_entropy_from_fused(
@@ -447,15 +571,16 @@ def cross_entropy_from_fused(
     An empty batch, or a ``"mean"`` over a batch whose targets are all ``ignore_index``
     (``num_valid == 0``), gives a zero that is still connected to the graph, instead of NaN.
     """
-    with _no_autocast(logits.device.type):
-        logits = logits.to(_compute_dtype(logits))
-        if logits.shape[0] == 0 or (num_valid == 0 and reduction == "mean"):
-            zero = logits.sum() * 0.0
-            return zero.expand(logits.shape[0]) if reduction == "none" else zero
-        w = None if class_weight is None else class_weight.to(device=logits.device, dtype=logits.dtype)
-        return F.cross_entropy(
-            logits, target, weight=w, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
-        )
+    # no autocast guard needed: the fused logits are float32/64 and autocast runs
+    # cross-entropy in float32 anyway
+    logits = logits.to(_compute_dtype(logits))
+    if logits.shape[0] == 0 or (num_valid == 0 and reduction == "mean"):
+        zero = logits.sum() * 0.0
+        return zero.expand(logits.shape[0]) if reduction == "none" else zero
+    w = None if class_weight is None else class_weight.to(device=logits.device, dtype=logits.dtype)
+    return F.cross_entropy(
+        logits, target, weight=w, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
+    )
 
 
 def multimodal_loss(
@@ -468,6 +593,7 @@ def multimodal_loss(
     attention: bool = True,
     normalize_proxies: bool = True,
     activation: str = "softmax",
+    backend: str = "fused",
     class_weight: Tensor | None = None,
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
@@ -497,7 +623,12 @@ def multimodal_loss(
         torch.Size([8, 12])
     """
     opts = dict(
-        gamma=gamma, pooling=pooling, attention=attention, normalize_proxies=normalize_proxies, activation=activation
+        gamma=gamma,
+        pooling=pooling,
+        attention=attention,
+        normalize_proxies=normalize_proxies,
+        activation=activation,
+        backend=backend,
     )
     u, mask, spec = _prepare(unimodal_logits, weight, modality_mask, modality_names, opts)
     V.check_choice("reduction", reduction, V.REDUCTIONS)

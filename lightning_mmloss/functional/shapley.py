@@ -71,6 +71,7 @@ def modality_shapley(
     attention: bool = True,
     normalize_proxies: bool = True,
     activation: str = "softmax",
+    backend: str = "fused",
     modality_mask: Tensor | None = None,
     modality_names: Sequence[str] | None = None,
     max_rows: int = 65536,
@@ -96,6 +97,7 @@ def modality_shapley(
         attention: ``False`` for the "no attention" ablation.
         normalize_proxies: ``False`` for the "no normalization" ablation.
         activation: ``"softmax"`` or ``"identity"``.
+        backend: ``"fused"`` or ``"autograd"``; no gradient is computed here.
         modality_mask: optional bool ``(B, M)``, ``True`` where the modality is present.
         modality_names: order of the keys when ``unimodal_logits`` is a mapping.
         max_rows: largest number of (coalition x instance) rows fused at once; bounds memory.
@@ -121,7 +123,12 @@ def modality_shapley(
         True
     """
     opts = dict(
-        gamma=gamma, pooling=pooling, attention=attention, normalize_proxies=normalize_proxies, activation=activation
+        gamma=gamma,
+        pooling=pooling,
+        attention=attention,
+        normalize_proxies=normalize_proxies,
+        activation=activation,
+        backend=backend,
     )
     u, mask, spec = _prepare(unimodal_logits, weight, modality_mask, modality_names, opts)
     B, M, C = u.shape

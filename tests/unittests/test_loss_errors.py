@@ -32,6 +32,7 @@ from lightning_mmloss.functional import modality_shapley, multimodal_logits, mul
         ({"class_weight": [1.0, -2.0, 1.0]}, ValueError, r"`class_weight` to be finite and non-negative"),
         ({"attention": 1}, TypeError, r"`attention` to be a bool, but got int"),
         ({"ignore_index": 1.0}, TypeError, r"`ignore_index` to be an int"),
+        ({"backend": "cuda"}, ValueError, r"`backend` to be one of \('fused', 'autograd'\), but got 'cuda'"),
     ],
 )
 def test_constructor_errors(kwargs: dict, exc: type, match: str) -> None:
@@ -164,3 +165,19 @@ def test_shapley_errors() -> None:
         modality_shapley(u, w, target_class=torch.tensor([0, 1]))
     with pytest.raises(TypeError, match=r"`target_class` to be integer class indices"):
         modality_shapley(u, w, target_class=1.0)
+
+
+def test_huge_finite_logits_are_not_reported() -> None:
+    # the fast check sums the logits; an overflowing sum must not be mistaken for an Inf entry
+    u = torch.full((4, 2, 3), 3e38)
+    out = MultiModalLoss(3, 2, 2).fuse(u)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_ignore_index_inside_class_range() -> None:
+    crit = MultiModalLoss(4, 2, 2, ignore_index=0, reduction="sum")
+    u = torch.randn(3, 2, 4)
+    full = MultiModalLoss(4, 2, 2, reduction="none")
+    full.load_state_dict(crit.state_dict())
+    torch.testing.assert_close(crit(u, torch.tensor([0, 2, 3])), full(u, torch.tensor([1, 2, 3]))[1:].sum())
+    assert crit(u, torch.tensor([0, 0, 0])).item() == 0.0

@@ -61,12 +61,13 @@ def test_masking_a_modality_equals_model_without_it(drop: int) -> None:
     torch.testing.assert_close(masked_n.similarity, reduced_n.similarity)
 
 
-def test_masked_placeholders_may_be_nan() -> None:
+@pytest.mark.parametrize("backend", ["fused", "autograd"])
+def test_masked_placeholders_may_be_nan(backend: str) -> None:
     u = torch.randn(3, 2, 4)
     mask = torch.tensor([[True, False], [True, True], [False, True]])
     poisoned = u.clone()
     poisoned[~mask] = float("nan")
-    crit = MultiModalLoss(4, 2, 2)
+    crit = MultiModalLoss(4, 2, 2, backend=backend)
     torch.testing.assert_close(crit.fused_logits(poisoned, mask), crit.fused_logits(u, mask))
     poisoned.requires_grad_(True)
     crit(poisoned, torch.tensor([0, 1, 2]), mask).backward()
@@ -132,7 +133,7 @@ def test_random_shapes_match_reference(B: int, M: int, C: int, K: int, gamma: fl
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(B, M, C, dtype=torch.float64, generator=g) * 3
     w = torch.randn(C * K, M * C, dtype=torch.float64, generator=g)
-    out = multimodal_fuse(u, w, gamma=gamma, pooling=pooling)
+    out = multimodal_fuse(u, w, gamma=gamma, pooling=pooling, backend="fused")
     assert out.logits.shape == (B, C) and out.attention.shape == (B, C, K)
     if B:
         ref = reference_fuse(u, w, K, gamma, pooling)
@@ -153,8 +154,9 @@ def test_input_forms_agree() -> None:
     torch.testing.assert_close(as_tensor, as_dict)
 
 
-def test_empty_batch_gives_zero_loss_that_backpropagates() -> None:
-    crit = MultiModalLoss(3, 2, 2)
+@pytest.mark.parametrize("backend", ["fused", "autograd"])
+def test_empty_batch_gives_zero_loss_that_backpropagates(backend: str) -> None:
+    crit = MultiModalLoss(3, 2, 2, backend=backend)
     u = torch.randn(0, 2, 3, requires_grad=True)
     loss = crit(u, torch.zeros(0, dtype=torch.long))
     assert loss.item() == 0.0 and loss.requires_grad
@@ -170,8 +172,9 @@ def test_all_ignored_batch_gives_zero_not_nan() -> None:
     assert torch.all(crit.weight.grad == 0)
 
 
-def test_bf16_autocast_on_cpu() -> None:
-    crit = MultiModalLoss(10, 3, 5)
+@pytest.mark.parametrize("backend", ["fused", "autograd"])
+def test_bf16_autocast_on_cpu(backend: str) -> None:
+    crit = MultiModalLoss(10, 3, 5, backend=backend)
     enc = torch.nn.Linear(8, 30)
     x = torch.randn(16, 8)
     y = torch.randint(0, 10, (16,))
@@ -187,8 +190,9 @@ def test_bf16_autocast_on_cpu() -> None:
     assert crit.weight.grad.dtype == torch.float32
 
 
-def test_forward_does_not_touch_parameter_data() -> None:
-    crit = MultiModalLoss(3, 2, 2)
+@pytest.mark.parametrize("backend", ["fused", "autograd"])
+def test_forward_does_not_touch_parameter_data(backend: str) -> None:
+    crit = MultiModalLoss(3, 2, 2, backend=backend)
     with torch.no_grad():
         crit.weight.sub_(0.5)  # many negative entries
     before = crit.weight.detach().clone()
@@ -197,8 +201,9 @@ def test_forward_does_not_touch_parameter_data() -> None:
     assert torch.equal(crit.weight, before) and crit.weight._version == version
 
 
-def test_zero_proxy_rows_stay_finite() -> None:
-    crit = MultiModalLoss(3, 2, 2)
+@pytest.mark.parametrize("backend", ["fused", "autograd"])
+def test_zero_proxy_rows_stay_finite(backend: str) -> None:
+    crit = MultiModalLoss(3, 2, 2, backend=backend)
     with torch.no_grad():
         crit.weight[:2] = -1.0  # class 0's proxies are clamped to zero vectors
     u = torch.randn(4, 2, 3, requires_grad=True)
@@ -219,8 +224,8 @@ def test_state_dict_round_trip_and_repr() -> None:
     assert a.proxies.shape == (12, 8) and torch.all(a.proxies >= 0)
 
 
-def test_double_backward_is_refused_clearly() -> None:
-    crit = MultiModalLoss(3, 2, 2)
+def test_double_backward_is_refused_clearly_by_fused_backend() -> None:
+    crit = MultiModalLoss(3, 2, 2, backend="fused")
     u = torch.randn(4, 2, 3, requires_grad=True)
     (g,) = torch.autograd.grad(crit(u, torch.tensor([0, 1, 2, 0])), u, create_graph=True)
     with pytest.raises(RuntimeError, match=r"once_differentiable"):

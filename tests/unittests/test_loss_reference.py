@@ -37,9 +37,15 @@ def _make(M: int, C: int, K: int, **kw) -> MultiModalLoss:
     return crit
 
 
+BACKENDS = ["fused", "autograd"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(("M", "C", "K", "pooling", "attention", "normalize"), GRID)
-def test_matches_reference(M: int, C: int, K: int, pooling: str, attention: bool, normalize: bool) -> None:
-    crit = _make(M, C, K, pooling=pooling, attention=attention, normalize_proxies=normalize, gamma=0.3)
+def test_matches_reference(
+    M: int, C: int, K: int, pooling: str, attention: bool, normalize: bool, backend: str
+) -> None:
+    crit = _make(M, C, K, pooling=pooling, attention=attention, normalize_proxies=normalize, gamma=0.3, backend=backend)
     u = _inputs(5, M, C)
     y = torch.randint(0, C, (5,))
     out = crit.fuse(u)
@@ -60,11 +66,12 @@ def test_matches_reference(M: int, C: int, K: int, pooling: str, attention: bool
     torch.testing.assert_close(g_w, r_w)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("pooling", ["reference", "softtriple"])
 @pytest.mark.parametrize("activation", ["softmax", "identity"])
-def test_matches_reference_with_mask(pooling: str, activation: str) -> None:
+def test_matches_reference_with_mask(pooling: str, activation: str, backend: str) -> None:
     M, C, K = 3, 4, 2
-    crit = _make(M, C, K, pooling=pooling, activation=activation)
+    crit = _make(M, C, K, pooling=pooling, activation=activation, backend=backend)
     u = _inputs(6, M, C, activation)
     mask = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=torch.bool)
     y = torch.randint(0, C, (6,))
@@ -82,10 +89,11 @@ def test_matches_reference_with_mask(pooling: str, activation: str) -> None:
     assert torch.all(g[0][~mask] == 0)
 
 
-def test_cross_entropy_options_match_reference() -> None:
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_cross_entropy_options_match_reference(backend: str) -> None:
     M, C, K = 2, 5, 3
     cw = torch.tensor([1.0, 2.0, 0.5, 1.5, 0.0], dtype=torch.float64)
-    crit = _make(M, C, K, class_weight=cw, label_smoothing=0.2, ignore_index=-1)
+    crit = _make(M, C, K, class_weight=cw, label_smoothing=0.2, ignore_index=-1, backend=backend)
     u = _inputs(7, M, C)
     y = torch.tensor([0, 1, -1, 3, 4, 2, -1])
     ref = reference_fuse(u, crit.weight, K)
@@ -108,6 +116,7 @@ def test_reductions(reduction: str) -> None:
     torch.testing.assert_close(crit(u, y), expected)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize(
     ("pooling", "attention", "normalize", "masked"),
     [
@@ -118,7 +127,7 @@ def test_reductions(reduction: str) -> None:
         ("softtriple", True, False, True),
     ],
 )
-def test_gradcheck(pooling: str, attention: bool, normalize: bool, masked: bool) -> None:
+def test_gradcheck(pooling: str, attention: bool, normalize: bool, masked: bool, backend: str) -> None:
     M, C, K = 3, 3, 2
     crit = _make(M, C, K, pooling=pooling, attention=attention, normalize_proxies=normalize, gamma=0.5)
     with torch.no_grad():  # keep every weight away from the clamp's kink at 0
@@ -129,10 +138,27 @@ def test_gradcheck(pooling: str, attention: bool, normalize: bool, masked: bool)
 
     def fused(u_: torch.Tensor, w_: torch.Tensor) -> torch.Tensor:
         return multimodal_logits(
-            u_, w_, gamma=0.5, pooling=pooling, attention=attention, normalize_proxies=normalize, modality_mask=mask
+            u_,
+            w_,
+            gamma=0.5,
+            pooling=pooling,
+            attention=attention,
+            normalize_proxies=normalize,
+            modality_mask=mask,
+            backend=backend,
         )
 
     assert torch.autograd.gradcheck(fused, (u, w), eps=1e-6, atol=1e-5)
+
+
+def test_autograd_backend_supports_double_backward() -> None:
+    u = _inputs(3, 2, 3)
+    w = torch.rand(6, 6, dtype=torch.float64, requires_grad=True)
+
+    def fused(u_: torch.Tensor, w_: torch.Tensor) -> torch.Tensor:
+        return multimodal_logits(u_, w_, gamma=0.5, backend="autograd")
+
+    assert torch.autograd.gradgradcheck(fused, (u, w), eps=1e-6, atol=1e-4)
 
 
 def test_float32_matches_float64() -> None:
@@ -146,3 +172,19 @@ def test_float32_matches_float64() -> None:
     l64 = crit64(u.double(), y)
     assert l32.dtype == torch.float32 and l64.dtype == torch.float64
     torch.testing.assert_close(l32.double(), l64, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("pooling", ["reference", "softtriple"])
+def test_small_gamma_uses_stable_pooling(backend: str, pooling: str) -> None:
+    # 1/gamma = 100: the pooling softmax can no longer be derived from the attention softmax
+    M, C, K = 2, 3, 4
+    crit = _make(M, C, K, gamma=0.01, pooling=pooling, backend=backend)
+    u = _inputs(4, M, C)
+    y = torch.tensor([0, 1, 2, 0])
+    ref = reference_fuse(u, crit.weight, K, 0.01, pooling)
+    torch.testing.assert_close(crit.fuse(u).logits, ref["logits"])
+    loss, ref_loss = crit(u, y), reference_cross_entropy(ref["logits"], y)
+    torch.testing.assert_close(
+        torch.autograd.grad(loss, (u, crit.weight)), torch.autograd.grad(ref_loss, (u, crit.weight))
+    )

@@ -1,0 +1,226 @@
+"""Forward+backward speed of MultiModalLoss against a plain transcription and plain cross-entropy.
+
+Run: ``python benchmarks/loss_speed.py`` (``--device cuda`` on a GPU machine).
+
+Three contenders per configuration (B, M, C, K), timed interleaved in one process:
+
+* ``mmloss``: :class:`lightning_mmloss.MultiModalLoss` as users get it (``validate_args=True``,
+  one device sync per call for the input checks), and ``mmloss-novalid`` without the checks;
+* ``plain``: the formulation of ``shared/design/loss.md`` transcribed line by line with
+  vectorised torch ops and autograd (below, ``plain_multimodal_loss``);
+* ``ce-sum``: cross-entropy on the sum of the unimodal probabilities (the cheapest fusion).
+
+Each timed call is forward + backward w.r.t. the unimodal logits and the proxies. The table
+prints the median over repeats and the ratios to ``plain``. Memory is the size of the tensors
+that autograd saves for backward (measured with ``saved_tensors_hooks``; on CUDA also the
+peak allocated memory). Timings are not asserted anywhere: CPU timings on shared machines vary
+by about 20% between runs, which is why the ratios are measured side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from lightning_mmloss import MultiModalLoss
+
+CONFIGS = [(1024, 3, 10, 20), (256, 2, 2, 20), (256, 4, 100, 20), (64, 3, 1000, 10)]
+
+
+def plain_multimodal_loss(u: torch.Tensor, weight: torch.Tensor, y: torch.Tensor, K: int, gamma: float) -> torch.Tensor:
+    """The formulation, one line per step, with autograd (reference pooling, attention, normalisation)."""
+    B, M, C = u.shape
+    p = u.softmax(dim=-1)  # unimodal scores
+    z = p.reshape(B, M * C)  # embedding, modality-major
+    P = F.normalize(weight.clamp(min=0), dim=1)  # proxies (C*K, M*C)
+    S = F.normalize(z, dim=1) @ P.t()  # 1. cosine similarity (B, C*K)
+    A = (S / gamma).softmax(dim=1)  # 2. attention over all proxies
+    a = (A @ P).view(B, M, C)  # 3. attended proxy, per-modality blocks
+    h = ((1 + a) * p).sum(dim=1)  # 4. attended unimodal sum
+    S3 = S.view(B, C, K)
+    q = (S3 / gamma).softmax(dim=1)  # 5. softmax over classes per proxy index
+    s = (q * S3).sum(dim=2)
+    o = s + h  # 6. fused logits
+    return F.cross_entropy(o, y)
+
+
+def sum_ce_loss(u: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy on the sum of unimodal probabilities."""
+    return F.cross_entropy(u.softmax(dim=-1).sum(dim=1), y)
+
+
+def saved_bytes(fn: Callable[[], torch.Tensor]) -> int:
+    """Bytes of the tensors autograd saves for backward during ``fn()`` (distinct storages)."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        seen[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn().backward()
+    return sum(seen.values())
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def bench_config(B: int, M: int, C: int, K: int, device: torch.device, repeats: int, inner: int) -> dict:
+    g = torch.Generator().manual_seed(0)
+    u = (torch.randn(B, M, C, generator=g) * 2).to(device).requires_grad_(True)
+    y = torch.randint(0, C, (B,), generator=g).to(device)
+    crit = MultiModalLoss(C, M, K, gamma=0.1).to(device)
+    crit_nv = MultiModalLoss(C, M, K, gamma=0.1, validate_args=False).to(device)
+    crit_nv.load_state_dict(crit.state_dict())
+    w = crit.weight
+
+    # the three implementations agree before anything is timed
+    ref = plain_multimodal_loss(u, w, y, K, 0.1)
+    got = crit(u, y)
+    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+
+    def step(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            loss = fn()
+            loss.backward()
+            u.grad = None
+            for m in (crit, crit_nv):
+                m.weight.grad = None
+
+        return run
+
+    contenders = {
+        "mmloss": step(lambda: crit(u, y)),
+        "mmloss-novalid": step(lambda: crit_nv(u, y)),
+        "plain": step(lambda: plain_multimodal_loss(u, w, y, K, 0.1)),
+        "ce-sum": step(lambda: sum_ce_loss(u, y)),
+    }
+    for fn in contenders.values():  # warm-up
+        for _ in range(3):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in contenders}
+    for _ in range(repeats):
+        for name, fn in contenders.items():  # interleaved: drift hits every contender alike
+            sync(device)
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            sync(device)
+            times[name].append((time.perf_counter() - t0) / inner)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    mem = {
+        "mmloss": saved_bytes(lambda: crit(u, y)),
+        "plain": saved_bytes(lambda: plain_multimodal_loss(u, w, y, K, 0.1)),
+    }
+    peak = {}
+    if device.type == "cuda":
+        for name, fn in (("mmloss", contenders["mmloss"]), ("plain", contenders["plain"])):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            fn()
+            torch.cuda.synchronize()
+            peak[name] = torch.cuda.max_memory_allocated() - base
+    return {"median": med, "saved": mem, "peak": peak}
+
+
+def crossover(device: torch.device, repeats: int, console: Console) -> None:
+    """Time the two backends of MultiModalLoss against each other over a range of sizes."""
+    table = Table(title="MultiModalLoss backend='fused' vs backend='autograd', forward+backward")
+    for col in ("B, M, C, K", "B*C*K", "fused ms", "autograd ms", "fused / autograd"):
+        table.add_column(col, justify="right")
+    for M, C, K in ((3, 10, 20), (2, 2, 20), (4, 100, 20)):
+        for B in (16, 64, 128, 256, 512, 1024):
+            u = torch.randn(B, M, C, device=device, requires_grad=True)
+            y = torch.randint(0, C, (B,), device=device)
+            crits = {b: MultiModalLoss(C, M, K, backend=b).to(device) for b in ("fused", "autograd")}
+            crits["autograd"].load_state_dict(crits["fused"].state_dict())
+            times: dict[str, list[float]] = {b: [] for b in crits}
+            for rep in range(repeats + 3):
+                for b, crit in crits.items():
+                    sync(device)
+                    t0 = time.perf_counter()
+                    for _ in range(10):
+                        crit(u, y).backward()
+                    sync(device)
+                    if rep >= 3:
+                        times[b].append((time.perf_counter() - t0) / 10)
+            f, a = statistics.median(times["fused"]), statistics.median(times["autograd"])
+            table.add_row(f"{B}, {M}, {C}, {K}", str(B * C * K), f"{f * 1e3:.3f}", f"{a * 1e3:.3f}", f"{f / a:.2f}")
+    console.print(table)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads on CPU")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--min-time", type=float, default=0.02, help="seconds per timed block (sets inner loops)")
+    parser.add_argument("--crossover", action="store_true", help="time the fused and autograd backends instead")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    console = Console()
+    if args.crossover:
+        crossover(device, args.repeats, console)
+        return
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'cpu'}"
+    title = (
+        f"MultiModalLoss forward+backward, {device.type} ({where}), "
+        f"{torch.get_num_threads() if device.type == 'cpu' else ''} threads, torch {torch.__version__}, "
+        f"{time.strftime('%Y-%m-%d')}"
+    )
+    table = Table(title=title)
+    for col in (
+        "B, M, C, K",
+        "mmloss ms",
+        "plain ms",
+        "ce-sum ms",
+        "mmloss / plain",
+        "no-valid / plain",
+        "mmloss / ce-sum",
+        "saved MB mm / plain",
+    ):
+        table.add_column(col, justify="right")
+    for B, M, C, K in CONFIGS:
+        # calibrate inner loops so one timed block lasts about --min-time
+        crit = MultiModalLoss(C, M, K).to(device)
+        u = torch.randn(B, M, C, device=device, requires_grad=True)
+        y = torch.randint(0, C, (B,), device=device)
+        sync(device)
+        t0 = time.perf_counter()
+        crit(u, y).backward()
+        sync(device)
+        inner = max(1, int(args.min_time / max(time.perf_counter() - t0, 1e-6)))
+        r = bench_config(B, M, C, K, device, args.repeats, inner)
+        med, mem = r["median"], r["saved"]
+        mem_txt = f"{mem['mmloss'] / 2**20:.2f} / {mem['plain'] / 2**20:.2f}"
+        if r["peak"]:
+            mem_txt += f" (peak {r['peak']['mmloss'] / 2**20:.1f} / {r['peak']['plain'] / 2**20:.1f})"
+        table.add_row(
+            f"{B}, {M}, {C}, {K}",
+            f"{med['mmloss'] * 1e3:.3f}",
+            f"{med['plain'] * 1e3:.3f}",
+            f"{med['ce-sum'] * 1e3:.3f}",
+            f"{med['mmloss'] / med['plain']:.2f}",
+            f"{med['mmloss-novalid'] / med['plain']:.2f}",
+            f"{med['mmloss'] / med['ce-sum']:.1f}",
+            mem_txt,
+        )
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
