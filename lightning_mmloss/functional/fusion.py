@@ -279,7 +279,7 @@ class _FusionFunction(torch.autograd.Function):
             # d(gamma s)/dT = gamma * q * [G (1 + T) - sum_pool(q * T * G)]
             Gb = G[:, :, None]  # (B, C, 1): class axis is 1
             if spec.pooling == "reference":
-                colsum = torch.bmm(G[:, None, :], qT)  # (B, 1, K): sum_c G q T, no (B, C, K) temporary
+                colsum = (qT * Gb).sum(dim=1, keepdim=True)  # (B, 1, K): sum_c G q T
             else:
                 colsum = (G * s)[:, :, None]  # (B, C, 1): the saved s is sum_k q T
             dT.addcmul_(q, Gb, value=g).addcmul_(qT, Gb, value=g).addcmul_(q, colsum, value=-g)
