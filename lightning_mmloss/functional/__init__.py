@@ -12,16 +12,20 @@ from lightning_mmloss.functional.fusion import (
     multimodal_loss,
     normalized_proxies,
 )
+from lightning_mmloss.functional.metrics import modality_agreement, modality_reliability, subgroup_statistics
 from lightning_mmloss.functional.shapley import modality_shapley, shapley_coefficients
 
 __all__ = [
     "FusionOutput",
     "FusionSpec",
     "cross_entropy_from_fused",
+    "modality_agreement",
+    "modality_reliability",
     "modality_shapley",
     "multimodal_fuse",
     "multimodal_logits",
     "multimodal_loss",
     "normalized_proxies",
     "shapley_coefficients",
+    "subgroup_statistics",
 ]

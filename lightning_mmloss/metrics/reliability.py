@@ -1,0 +1,80 @@
+"""``ModalityReliability``: accuracy, macro-F1, ECE, Brier and NLL of each head and the fusion."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_mmloss import _validation as V
+from lightning_mmloss.functional.metrics import _STATE_DTYPE, _reliability_compute, _reliability_update, head_names
+from lightning_mmloss.metrics._base import _AdditiveStateMetric
+
+
+class ModalityReliability(_AdditiveStateMetric):
+    r"""How reliable each unimodal head's scores are, and the fused output's, over an epoch.
+
+    See :func:`lightning_mmloss.functional.modality_reliability` for the definitions. A
+    modality's metrics only count the instances where it is present.
+
+    As input to ``update``:
+        - ``unimodal_probs`` ``(B, M, C)``, ``fused_probs`` ``(B, C)``, ``target`` ``(B,)``;
+        - ``modality_mask`` (optional) bool ``(B, M)``, ``True`` where present.
+
+    As output of ``compute``: ``{"<head>/<metric>": value}`` with heads the modality names and
+    ``"fused"``, metrics ``acc``, ``macro_f1``, ``ece``, ``brier``, ``nll``.
+
+    Args:
+        modalities: modality names, or their number.
+        num_classes: number of classes ``C``.
+        n_bins: calibration bins of the ECE.
+        kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss.metrics import ModalityReliability
+        >>> metric = ModalityReliability(["audio", "video"], num_classes=2)
+        >>> p = torch.tensor([[[0.9, 0.1], [0.4, 0.6]], [[0.2, 0.8], [0.3, 0.7]]])
+        >>> metric.update(p, torch.tensor([[0.8, 0.2], [0.1, 0.9]]), torch.tensor([0, 1]))
+        >>> values = metric.compute()
+        >>> float(values["video/acc"]), round(float(values["fused/brier"]), 3)
+        (0.5, 0.05)
+    """
+
+    def __init__(self, modalities: int | Sequence[str], num_classes: int, n_bins: int = 15, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        M, names = V.check_modalities(modalities)
+        self.num_classes = V.check_int("num_classes", num_classes, 2)
+        self.n_bins = V.check_int("n_bins", n_bins, 1)
+        self.names = head_names(list(names) if names else M)
+        H, C = M + 1, self.num_classes
+        self._add_states(
+            {
+                "count": torch.zeros(H, dtype=torch.long),
+                "correct": torch.zeros(H, dtype=torch.long),
+                "confusion": torch.zeros(H, C, C, dtype=torch.long),
+                "bin_count": torch.zeros(H, self.n_bins, dtype=torch.long),
+                "bin_conf": torch.zeros(H, self.n_bins, dtype=_STATE_DTYPE),
+                "bin_correct": torch.zeros(H, self.n_bins, dtype=_STATE_DTYPE),
+                "brier": torch.zeros(H, dtype=_STATE_DTYPE),
+                "nll": torch.zeros(H, dtype=_STATE_DTYPE),
+            }
+        )
+
+    def update(
+        self, unimodal_probs: Tensor, fused_probs: Tensor, target: Tensor, modality_mask: Tensor | None = None
+    ) -> None:
+        """Add a batch."""
+        if unimodal_probs.dim() == 3 and unimodal_probs.shape[1:] != (len(self.names) - 1, self.num_classes):
+            raise ValueError(
+                f"Expected argument `unimodal_probs` to have shape (B, {len(self.names) - 1}, {self.num_classes}), "
+                f"but got {tuple(unimodal_probs.shape)}."
+            )
+        self._accumulate(_reliability_update(unimodal_probs, fused_probs, target, modality_mask, self.n_bins))
+
+    def compute(self) -> dict[str, Tensor]:
+        """The metrics over everything seen since the last reset (synchronised across processes)."""
+        return _reliability_compute(self._state(), self.names)
