@@ -196,6 +196,24 @@ class MultiModalLoss(nn.Module):
             num_valid=num_valid,
         )
 
+    def stack_logits(self, unimodal_logits: UnimodalInput) -> Tensor:
+        """Checked ``(B, M, C)`` tensor from any accepted input form (mapping, sequence, tensor)."""
+        return self._prepare(unimodal_logits, None)[0]
+
+    def fuse_with_loss(
+        self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None = None
+    ) -> tuple[FusionOutput, Tensor]:
+        """Analytics and loss from one fusion pass (validation/test steps): ``(fuse(...), loss)``."""
+        u, mask = self._prepare(unimodal_logits, modality_mask)
+        target = V.check_target_shape(target, u.shape[0])
+        num_valid = None
+        if self.validate_args:
+            num_valid = V.check_values(
+                u, mask, self.spec.activation, self.modality_names, target, self.num_classes, self.ignore_index
+            )
+        out = _analytics(*_fuse_raw(u, self.weight, mask, self.spec, analytics=True), self.spec)
+        return out, self.loss_from_logits(out.logits, target, num_valid=num_valid)
+
     def fused_logits(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> Tensor:
         """Fused logits ``(B, C)`` only: the cheap path for prediction."""
         u, mask = self._prepare(unimodal_logits, modality_mask)

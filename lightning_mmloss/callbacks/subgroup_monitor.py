@@ -1,0 +1,320 @@
+"""``SubgroupMonitor``: per-modality reliability, agreement and subgroup statistics each epoch."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from rich.console import Console
+from rich.table import Table
+from torch import Tensor
+from typing_extensions import override
+
+from lightning_mmloss import _validation as V
+from lightning_mmloss.functional.fusion import FusionOutput
+from lightning_mmloss.functional.metrics import AGREEMENT_RATES, RELIABILITY_METRICS
+from lightning_mmloss.loss import MultiModalLoss
+from lightning_mmloss.metrics import ModalityAgreement, ModalityReliability, SubgroupStatistics
+from lightning_mmloss.metrics._base import _AdditiveStateMetric
+
+_STAGE_PREFIX = {"validate": "val", "test": "test"}
+
+
+class _ShapleySummary(_AdditiveStateMetric):
+    """Sum of per-instance Shapley values (and of their absolute values) per modality."""
+
+    def __init__(self, num_modalities: int) -> None:
+        super().__init__()
+        self._add_states(
+            {
+                "total": torch.zeros(num_modalities, dtype=torch.float64),
+                "abs_total": torch.zeros(num_modalities, dtype=torch.float64),
+                "count": torch.zeros((), dtype=torch.long),
+            }
+        )
+
+    def update(self, phi: Tensor) -> None:
+        self._accumulate(
+            {
+                "total": phi.double().sum(0),
+                "abs_total": phi.double().abs().sum(0),
+                "count": phi.new_tensor(phi.shape[0], dtype=torch.long),
+            }
+        )
+
+    def compute(self) -> dict[str, Tensor]:
+        n = self.count.clamp_min(1).double()
+        return {"mean": self.total / n, "mean_abs": self.abs_total / n}
+
+
+class SubgroupMonitor(Callback):
+    """Monitor how each modality's head, the fusion and the learned subgroups behave.
+
+    At the end of every ``every_n_epochs``-th validation epoch (and of every test), over the
+    whole epoch (synchronised across processes):
+
+    - scalars ``<stage>/reliability/<head>/{acc,macro_f1,ece,brier,nll}`` for each modality and
+      ``fused``; ``<stage>/agreement/{all_agree,reinforce,conflict,all_wrong,rescued,harmed}``;
+      ``<stage>/subgroups/{active,usage_entropy}``; with ``shapley=True`` also
+      ``<stage>/shapley/<modality>`` (mean exact Shapley value for the predicted class);
+    - with a :class:`~lightning.pytorch.loggers.TensorBoardLogger`: a histogram of subgroup
+      occupancy and images of the subgroup-profile heatmap and of the pairwise agreement
+      matrix (``log_images``);
+    - a rich table on rank zero (``print_summary``).
+
+    The model must use :class:`~lightning_mmloss.MultiModalLossMixin` (its validation/test steps
+    return what this callback reads). Batches whose target is ``ignore_index`` are left out.
+
+    Args:
+        every_n_epochs: run on validation epochs ``0, n, 2n, ...``.
+        shapley: also compute exact per-instance Shapley values (``2^M`` re-fusions per batch).
+        print_summary: print the rich table on rank zero.
+        log_images: log the heatmaps when a TensorBoard logger is attached.
+        n_bins: calibration bins of the ECE.
+
+    Example::
+
+        >>> from lightning_mmloss.callbacks import SubgroupMonitor
+        >>> monitor = SubgroupMonitor(every_n_epochs=2, shapley=True)
+        >>> monitor.state_key
+        "SubgroupMonitor{'every_n_epochs': 2, 'shapley': True}"
+    """
+
+    def __init__(
+        self,
+        every_n_epochs: int = 1,
+        *,
+        shapley: bool = False,
+        print_summary: bool = True,
+        log_images: bool = True,
+        n_bins: int = 15,
+    ) -> None:
+        super().__init__()
+        self.every_n_epochs = V.check_int("every_n_epochs", every_n_epochs, 1)
+        for name, flag in (("shapley", shapley), ("print_summary", print_summary), ("log_images", log_images)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"Expected argument `{name}` to be a bool, but got {type(flag).__name__} {flag!r}.")
+        self.shapley = shapley
+        self.print_summary = print_summary
+        self.log_images = log_images
+        self.n_bins = V.check_int("n_bins", n_bins, 1)
+        self._metrics: dict[str, dict[str, Any]] = {}
+        self._warned_no_tensorboard = False
+        self.epochs_logged = 0
+        self.last_metrics: dict[str, float] = {}
+
+    @property
+    def state_key(self) -> str:
+        """Key in checkpoints; includes the arguments so that two monitors can coexist."""
+        return self._generate_state_key(every_n_epochs=self.every_n_epochs, shapley=self.shapley)
+
+    # -- set-up -----------------------------------------------------------------------------
+    @staticmethod
+    def _loss_of(pl_module: LightningModule) -> MultiModalLoss:
+        loss = getattr(pl_module, "mm_loss", None)
+        if not isinstance(loss, MultiModalLoss):
+            raise RuntimeError(
+                f"SubgroupMonitor needs a model built with MultiModalLossMixin and configured with "
+                f"`self.configure_multimodal(...)`, but {type(pl_module).__name__} has no `mm_loss`."
+            )
+        return loss
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        loss = self._loss_of(pl_module)
+        names = list(loss.modality_names) if loss.modality_names else [str(i) for i in range(loss.num_modalities)]
+        self._names = names
+        self._ignore_index = loss.ignore_index
+        self._num_classes, self._K = loss.num_classes, loss.proxies_per_class
+        for prefix in ("val", "test"):
+            self._metrics[prefix] = {
+                "reliability": ModalityReliability(names, loss.num_classes, n_bins=self.n_bins),
+                "agreement": ModalityAgreement(names),
+                "subgroups": SubgroupStatistics(loss.num_classes, loss.proxies_per_class, names),
+                "shapley": _ShapleySummary(len(names)),
+            }
+        if self.log_images and self._tensorboard(trainer) is None and not self._warned_no_tensorboard:
+            self._warned_no_tensorboard = True
+            rank_zero_warn(
+                "SubgroupMonitor logs its scalars to any logger, but the occupancy histogram and the heatmaps need a "
+                "TensorBoardLogger: pass `logger=TensorBoardLogger(...)` to the Trainer, or `log_images=False` to the "
+                "callback to silence this."
+            )
+
+    @staticmethod
+    def _tensorboard(trainer: Trainer) -> TensorBoardLogger | None:
+        return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
+
+    def _active(self, trainer: Trainer, prefix: str) -> bool:
+        if trainer.sanity_checking:
+            return False
+        return prefix == "test" or trainer.current_epoch % self.every_n_epochs == 0
+
+    # -- accumulation -----------------------------------------------------------------------
+    def _update(self, prefix: str, pl_module: LightningModule, outputs: Any) -> None:
+        if not isinstance(outputs, dict) or not isinstance(outputs.get("fusion"), FusionOutput):
+            raise RuntimeError(
+                "SubgroupMonitor expects the validation/test step to return MultiModalLossMixin's dict "
+                "(with 'fusion', 'target', 'modality_mask'); keep the mixin's steps or return their output."
+            )
+        fusion: FusionOutput = outputs["fusion"]
+        target: Tensor = outputs["target"]
+        mask: Tensor | None = outputs.get("modality_mask")
+        keep = target != self._ignore_index
+        if not bool(keep.all()):
+            fusion = FusionOutput(*(getattr(fusion, f)[keep] for f in FusionOutput.__dataclass_fields__))
+            target = target[keep]
+            mask = None if mask is None else mask[keep]
+        metrics = self._metrics[prefix]
+        for m in metrics.values():
+            m.to(target.device)
+        probs = fusion.probs.detach()
+        metrics["reliability"].update(fusion.unimodal_probs, probs, target, mask)
+        metrics["agreement"].update(fusion.unimodal_probs, probs, target, mask)
+        metrics["subgroups"].update_from_fusion(fusion, target)
+        if self.shapley:
+            u = outputs["unimodal_logits"]
+            if not bool(keep.all()):
+                u = u[keep]
+            metrics["shapley"].update(self._loss_of(pl_module).shapley(u, modality_mask=mask))
+
+    @override
+    def on_validation_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if self._active(trainer, "val"):
+            self._update("val", pl_module, outputs)
+
+    @override
+    def on_test_batch_end(
+        self,
+        trainer: Trainer,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        self._update("test", pl_module, outputs)
+
+    @override
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._active(trainer, "val"):
+            self._finish("val", trainer, pl_module)
+
+    @override
+    def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._finish("test", trainer, pl_module)
+
+    # -- reporting --------------------------------------------------------------------------
+    def compute(self, prefix: str = "val") -> dict[str, Any]:
+        """The three (four with Shapley) metric groups for ``prefix`` ("val" or "test"), synchronised."""
+        metrics = self._metrics[prefix]
+        out = {k: metrics[k].compute() for k in ("reliability", "agreement", "subgroups")}
+        if self.shapley:
+            out["shapley"] = metrics["shapley"].compute()
+        return out
+
+    def _finish(self, prefix: str, trainer: Trainer, pl_module: LightningModule) -> None:
+        metrics = self._metrics[prefix]
+        if int(metrics["subgroups"].count.sum()) == 0 and not torch.distributed.is_initialized():
+            return  # nothing seen (e.g. limit_val_batches=0)
+        values = self.compute(prefix)
+        scalars: dict[str, float] = {}
+        for key, v in values["reliability"].items():
+            scalars[f"{prefix}/reliability/{key}"] = float(v)
+        for rate in AGREEMENT_RATES:
+            scalars[f"{prefix}/agreement/{rate}"] = float(values["agreement"][rate])
+        sub = values["subgroups"]
+        scalars[f"{prefix}/subgroups/active"] = float(sub["active"])
+        scalars[f"{prefix}/subgroups/usage_entropy"] = float(sub["usage_entropy"])
+        if self.shapley:
+            for name, v in zip(self._names, values["shapley"]["mean"].tolist(), strict=True):
+                scalars[f"{prefix}/shapley/{name}"] = v
+        for name, v in scalars.items():
+            # identical on every rank (torchmetrics synchronised the states); averaging is a no-op
+            pl_module.log(name, v, sync_dist=True)
+        self.last_metrics = scalars
+        self.epochs_logged += 1
+        self._log_figures(prefix, trainer, values)
+        if self.print_summary:
+            self._print_table(prefix, trainer, values)
+        for m in metrics.values():
+            m.reset()
+
+    @rank_zero_only
+    def _log_figures(self, prefix: str, trainer: Trainer, values: dict[str, Any]) -> None:
+        tb = self._tensorboard(trainer)
+        if tb is None or not self.log_images:
+            return
+        from lightning_mmloss.plotting import agreement_matrix_figure, subgroup_profile_figure
+
+        step = trainer.global_step
+        sub = values["subgroups"]
+        occupancy = sub["occupancy"].flatten().double().cpu()
+        n = occupancy.numel()
+        index = torch.arange(n, dtype=torch.float64)
+        total = float(occupancy.sum())
+        tb.experiment.add_histogram_raw(
+            f"{prefix}/subgroups/occupancy",
+            min=0.0,
+            max=float(n - 1),
+            num=total,
+            sum=float((index * occupancy).sum()),
+            sum_squares=float((index**2 * occupancy).sum()),
+            bucket_limits=(index + 0.5).tolist(),
+            bucket_counts=occupancy.tolist(),
+            global_step=step,
+        )
+        tb.experiment.add_figure(
+            f"{prefix}/subgroups/profile", subgroup_profile_figure(sub["profile"], sub["occupancy"], self._names), step
+        )
+        tb.experiment.add_figure(
+            f"{prefix}/agreement/pairwise", agreement_matrix_figure(values["agreement"]["pairwise"], self._names), step
+        )
+
+    @rank_zero_only
+    def _print_table(self, prefix: str, trainer: Trainer, values: dict[str, Any]) -> None:
+        rel = values["reliability"]
+        table = Table(title=f"{prefix} epoch {trainer.current_epoch}: per-modality reliability")
+        table.add_column("head")
+        for metric in RELIABILITY_METRICS:
+            table.add_column(metric, justify="right")
+        if self.shapley:
+            table.add_column("shapley", justify="right")
+        for i, head in enumerate([*self._names, "fused"]):
+            row = [f"{float(rel[f'{head}/{metric}']):.3f}" for metric in RELIABILITY_METRICS]
+            if self.shapley:
+                row.append(f"{float(values['shapley']['mean'][i]):+.3f}" if head != "fused" else "")
+            table.add_row(f"[bold]{head}" if head == "fused" else head, *row)
+        agr = values["agreement"]
+        sub = values["subgroups"]
+        caption = "  ".join(f"{rate} {float(agr[rate]):.3f}" for rate in AGREEMENT_RATES)
+        table.caption = (
+            f"agreement: {caption}\nsubgroups: {int(sub['active'])}/{sub['occupancy'].numel()} active, "
+            f"usage entropy {float(sub['usage_entropy']):.2f}"
+        )
+        Console().print(table)
+
+    # -- checkpointing ----------------------------------------------------------------------
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"epochs_logged": self.epochs_logged, "last_metrics": dict(self.last_metrics)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        epochs = state_dict.get("epochs_logged", 0)
+        last = state_dict.get("last_metrics", {})
+        if not isinstance(epochs, int) or not isinstance(last, dict):
+            raise ValueError(f"Expected a SubgroupMonitor state with an int and a dict, but got {state_dict!r}.")
+        self.epochs_logged = epochs
+        self.last_metrics = {str(k): float(v) for k, v in last.items()}

@@ -1,0 +1,261 @@
+"""``MultiModalLossMixin``: turns a LightningModule with per-modality heads into a MultiModal-loss model."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_mmloss.functional.fusion import FusionOutput, UnimodalInput
+from lightning_mmloss.loss import MultiModalLoss
+
+_NOT_CONFIGURED = (
+    "MultiModalLossMixin is not configured: call `self.configure_multimodal(modalities=[...], num_classes=...)` "
+    "in your LightningModule's __init__ (after `super().__init__()`)."
+)
+
+
+class MultiModalLossMixin:
+    """Training, validation, test and predict steps for a model with one head per modality.
+
+    Mix it in before :class:`~lightning.pytorch.LightningModule`, call
+    :meth:`configure_multimodal` in ``__init__``, and implement :meth:`unimodal_logits`. The
+    loss becomes the submodule ``self.mm_loss``: its proxies are parameters, so they must be
+    in your optimizer (``self.parameters()`` includes them; :meth:`multimodal_param_groups`
+    gives them their own learning rate), they are saved in checkpoints and synchronised by DDP.
+
+    Batches: the target is ``batch["target"]`` for mapping batches and the last element of a
+    tuple/list batch (override :meth:`get_target` otherwise); an optional
+    ``batch["modality_mask"]`` ``(B, M)`` bool marks present modalities
+    (:meth:`get_modality_mask`).
+
+    Logged: ``train/loss``; ``val/loss``, ``val/acc``; ``test/loss``, ``test/acc`` (epoch means,
+    synchronised across processes). With ``aux_weight > 0`` also ``train/aux_loss``: the mean
+    unimodal cross-entropy of the present heads, added to the loss with that weight.
+
+    Example::
+
+        >>> import lightning as L
+        >>> import torch
+        >>> from torch import nn
+        >>> from lightning_mmloss import MultiModalLossMixin
+        >>> class Net(MultiModalLossMixin, L.LightningModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.heads = nn.ModuleDict({"audio": nn.Linear(8, 3), "video": nn.Linear(5, 3)})
+        ...         self.configure_multimodal(modalities=["audio", "video"], num_classes=3, proxies_per_class=4)
+        ...     def unimodal_logits(self, batch):
+        ...         return {name: head(batch[name]) for name, head in self.heads.items()}
+        ...     def configure_optimizers(self):
+        ...         return torch.optim.Adam(self.parameters(), lr=1e-2)
+        >>> batches = [
+        ...     {"audio": torch.randn(6, 8), "video": torch.randn(6, 5), "target": torch.randint(0, 3, (6,))}
+        ...     for _ in range(4)
+        ... ]
+        >>> loader = torch.utils.data.DataLoader(batches, batch_size=None)  # yields the dicts as they are
+        >>> trainer = L.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        ...                     enable_model_summary=False)
+        >>> net = Net()
+        >>> trainer.fit(net, loader, loader)
+        >>> sorted(trainer.callback_metrics)
+        ['train/loss', 'train/loss_epoch', 'train/loss_step', 'val/acc', 'val/loss']
+        >>> out = trainer.predict(net, loader)[0]
+        >>> out["probs"].shape, out["unimodal_probs"].shape, out["modality_weights"].shape
+        (torch.Size([6, 3]), torch.Size([6, 2, 3]), torch.Size([6, 2]))
+    """
+
+    mm_loss: MultiModalLoss
+    mm_aux_weight: float
+
+    def configure_multimodal(
+        self,
+        modalities: int | Sequence[str],
+        num_classes: int,
+        proxies_per_class: int = 20,
+        *,
+        aux_weight: float = 0.0,
+        **loss_kwargs: Any,
+    ) -> MultiModalLoss:
+        """Create the loss (``self.mm_loss``) and the accuracy metrics.
+
+        Args:
+            modalities: modality names (needed when :meth:`unimodal_logits` returns a mapping),
+                or their number.
+            num_classes: number of classes ``C``.
+            proxies_per_class: ``K``, subgroups per class.
+            aux_weight: weight ``>= 0`` of an auxiliary cross-entropy on each unimodal head.
+            loss_kwargs: any other :class:`~lightning_mmloss.MultiModalLoss` option (``gamma``,
+                ``pooling``, ``class_weight``, ``ignore_index``, ``backend``, ...).
+
+        Returns:
+            The created :class:`~lightning_mmloss.MultiModalLoss`.
+        """
+        if not isinstance(self, LightningModule):
+            raise TypeError(
+                "Expected MultiModalLossMixin to be mixed into a LightningModule "
+                f"(`class Net(MultiModalLossMixin, L.LightningModule)`), but got {type(self).__name__}."
+            )
+        if isinstance(aux_weight, bool) or not isinstance(aux_weight, (int, float)) or aux_weight < 0:
+            raise ValueError(f"Expected argument `aux_weight` to be a float >= 0, but got {aux_weight!r}.")
+        if loss_kwargs.get("reduction", "mean") != "mean":
+            raise ValueError(
+                f"Expected no `reduction` other than 'mean' in the mixin, but got {loss_kwargs['reduction']!r}."
+            )
+        self.mm_loss = MultiModalLoss(num_classes, modalities, proxies_per_class, **loss_kwargs)
+        self.mm_aux_weight = float(aux_weight)
+        ignore = self.mm_loss.ignore_index
+        self.mm_val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore)
+        self.mm_test_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore)
+        return self.mm_loss
+
+    # -- what the user provides (or overrides) ---------------------------------------------
+    def unimodal_logits(self, batch: Any) -> UnimodalInput:
+        """Per-modality logits for ``batch``: a mapping name -> ``(B, C)``, a sequence or a ``(B, M, C)`` tensor."""
+        raise NotImplementedError(
+            f"{type(self).__name__} must implement `unimodal_logits(self, batch)` returning "
+            "{modality name: (B, C) logits} (or a (B, M, C) tensor)."
+        )
+
+    def get_target(self, batch: Any) -> Tensor:
+        """The class indices ``(B,)`` of ``batch``."""
+        if isinstance(batch, Mapping):
+            if "target" not in batch:
+                raise ValueError(
+                    f"Expected the batch to hold the key 'target', but got keys {list(batch)}; "
+                    "return it from your dataset or override `get_target(batch)`."
+                )
+            return batch["target"]
+        if isinstance(batch, (tuple, list)):
+            if len(batch) < 2:
+                raise ValueError(
+                    f"Expected a tuple/list batch (inputs..., target) of at least 2 elements, but got {len(batch)}; "
+                    "override `get_target(batch)` for other layouts."
+                )
+            return batch[-1]
+        raise TypeError(
+            "Expected the batch to be a mapping with a 'target' key or a tuple/list ending with the target, "
+            f"but got {type(batch).__name__}; override `get_target(batch)`."
+        )
+
+    def get_modality_mask(self, batch: Any) -> Tensor | None:
+        """Optional bool ``(B, M)`` mask of present modalities: ``batch["modality_mask"]`` if there."""
+        return batch.get("modality_mask") if isinstance(batch, Mapping) else None
+
+    def multimodal_param_groups(
+        self,
+        lr: float,
+        proxy_lr: float | None = None,
+        weight_decay: float = 0.0,
+        proxy_weight_decay: float | None = None,
+    ) -> list[dict[str, Any]]:
+        """Optimizer parameter groups: the model, and the loss's proxies with their own settings.
+
+        Example::
+
+            def configure_optimizers(self):
+                return torch.optim.Adam(self.multimodal_param_groups(lr=1e-3, proxy_lr=1e-2))
+        """
+        loss = self._mm_loss()
+        proxy_ids = {id(p) for p in loss.parameters()}
+        model = [p for p in self.parameters() if id(p) not in proxy_ids]  # type: ignore[attr-defined]
+        return [
+            {"params": model, "lr": lr, "weight_decay": weight_decay},
+            {
+                "params": list(loss.parameters()),
+                "lr": lr if proxy_lr is None else proxy_lr,
+                "weight_decay": weight_decay if proxy_weight_decay is None else proxy_weight_decay,
+            },
+        ]
+
+    # -- steps ------------------------------------------------------------------------------
+    def _mm_loss(self) -> MultiModalLoss:
+        loss = self.__dict__.get("_modules", {}).get("mm_loss")
+        if not isinstance(loss, MultiModalLoss):
+            raise RuntimeError(_NOT_CONFIGURED)
+        return loss
+
+    def _aux_loss(self, u: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+        """Mean cross-entropy of the present unimodal heads (float32, outside autocast)."""
+        B, M, C = u.shape
+        loss = self._mm_loss()
+        ce = F.cross_entropy(
+            u.float().reshape(B * M, C), target.repeat_interleave(M), ignore_index=loss.ignore_index, reduction="none"
+        )
+        keep = (target != loss.ignore_index).repeat_interleave(M)
+        if mask is not None:
+            keep = keep & mask.reshape(B * M)
+        keep = keep.to(ce.dtype)
+        return (ce * keep).sum() / keep.sum().clamp_min(1.0)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        """MultiModal loss (plus the auxiliary unimodal loss if configured), logged as ``train/loss``."""
+        loss_fn = self._mm_loss()
+        u = loss_fn.stack_logits(self.unimodal_logits(batch))
+        target = self.get_target(batch)
+        mask = self.get_modality_mask(batch)
+        loss = loss_fn(u, target, mask)
+        log = self.log  # type: ignore[attr-defined]
+        if self.mm_aux_weight:
+            aux = self._aux_loss(u, target, mask)
+            log("train/aux_loss", aux, on_step=False, on_epoch=True, sync_dist=True, batch_size=u.shape[0])
+            loss = loss + self.mm_aux_weight * aux
+        log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=u.shape[0])
+        return loss
+
+    def _evaluate(self, batch: Any, stage: str) -> dict[str, Any]:
+        loss_fn = self._mm_loss()
+        u = loss_fn.stack_logits(self.unimodal_logits(batch))
+        target = self.get_target(batch)
+        mask = self.get_modality_mask(batch)
+        fusion, loss = loss_fn.fuse_with_loss(u, target, mask)
+        acc = self.mm_val_acc if stage == "val" else self.mm_test_acc
+        acc(fusion.preds, target)
+        log = self.log  # type: ignore[attr-defined]
+        log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=u.shape[0])
+        log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True)
+        return {"loss": loss, "fusion": fusion, "target": target, "modality_mask": mask, "unimodal_logits": u.detach()}
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Loss and accuracy (``val/loss``, ``val/acc``); returns the fusion for callbacks."""
+        return self._evaluate(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Loss and accuracy (``test/loss``, ``test/acc``); returns the fusion for callbacks."""
+        return self._evaluate(batch, "test")
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
+        """Fused prediction with per-modality scores and analytics (no target needed).
+
+        Returns:
+            ``probs`` ``(B, C)``, ``preds`` ``(B,)``, ``unimodal_probs`` ``(B, M, C)``,
+            ``subgroup`` ``(B,)`` and ``modality_weights`` ``(B, M)``.
+        """
+        loss_fn = self._mm_loss()
+        with torch.no_grad():
+            fusion: FusionOutput = loss_fn.fuse(self.unimodal_logits(batch), self.get_modality_mask(batch))
+        return {
+            "probs": fusion.probs,
+            "preds": fusion.preds,
+            "unimodal_probs": fusion.unimodal_probs,
+            "subgroup": fusion.subgroup,
+            "modality_weights": fusion.modality_weights,
+        }
+
+    def on_train_start(self) -> None:
+        """Warn once when the proxies are trainable but in no optimizer (they would never move)."""
+        super().on_train_start()  # type: ignore[misc]
+        loss = self._mm_loss()
+        trainer = self.trainer  # type: ignore[attr-defined]
+        in_optim = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}
+        missing = [n for n, p in loss.named_parameters() if p.requires_grad and id(p) not in in_optim]
+        if missing:
+            rank_zero_warn(
+                f"The MultiModal loss's proxies ({', '.join('mm_loss.' + n for n in missing)}) are in no optimizer, so "
+                "they will not train: pass `self.parameters()` or `self.multimodal_param_groups(...)` to it."
+            )

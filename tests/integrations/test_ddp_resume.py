@@ -1,0 +1,94 @@
+"""Lightning's own DDP (ddp_spawn on CPU) against one process; checkpoint resume against one run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from lightning_mmloss import SubgroupMonitor
+from tests.helpers.models import ThreeHeadNet, loaders, trainer
+
+
+class _SaveRankProxies(Callback):
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        torch.save(pl_module.mm_loss.weight.detach().cpu(), f"{self.out}/rank{trainer.global_rank}.pt")
+
+
+def _monitored(metrics: dict) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
+
+
+@pytest.mark.timeout(240)
+def test_ddp_spawn_validation_metrics_equal_single_process(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    model = ThreeHeadNet()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    _, val = loaders(n_val=128, batch_size=32, with_mask=True)
+    single = trainer(tmp_path, callbacks=[SubgroupMonitor(print_summary=False, log_images=False)])
+    single.validate(model, val, verbose=False)
+    expected = _monitored(single.callback_metrics)
+
+    model2 = ThreeHeadNet()
+    model2.load_state_dict(state)
+    ddp = trainer(
+        tmp_path,
+        strategy="ddp_spawn",
+        devices=2,
+        callbacks=[SubgroupMonitor(print_summary=False, log_images=False)],
+    )
+    ddp.validate(model2, val, verbose=False)
+    got = _monitored(ddp.callback_metrics)
+    assert len(expected) == 30 and got.keys() == expected.keys()  # loss, acc, 20 reliability, 6 rates, 2 subgroup
+    for k, v in expected.items():
+        assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-6), k
+
+
+@pytest.mark.timeout(240)
+def test_ddp_spawn_fit_keeps_proxies_identical_on_both_ranks(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    model = ThreeHeadNet()
+    train, val = loaders(n_train=128, n_val=64)
+    t = trainer(tmp_path, strategy="ddp_spawn", devices=2, max_epochs=2, callbacks=[_SaveRankProxies(str(tmp_path))])
+    t.fit(model, train, val)
+    w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert torch.equal(w0, w1)
+    assert torch.equal(model.mm_loss.weight.detach(), w0)  # ddp_spawn hands rank 0's weights back
+
+
+def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+    def fresh() -> ThreeHeadNet:
+        L.seed_everything(0)
+        return ThreeHeadNet()
+
+    train, val = loaders(shuffle=False)
+    full = fresh()
+    t_full = trainer(
+        tmp_path / "full", max_epochs=4, callbacks=[SubgroupMonitor(print_summary=False, log_images=False)]
+    )
+    t_full.fit(full, train, val)
+
+    part = fresh()
+    t_part = trainer(
+        tmp_path / "part", max_epochs=2, callbacks=[SubgroupMonitor(print_summary=False, log_images=False)]
+    )
+    t_part.fit(part, train, val)
+    ckpt = tmp_path / "interrupted.ckpt"
+    t_part.save_checkpoint(ckpt)
+
+    resumed = fresh()  # a new process would start from scratch too
+    monitor = SubgroupMonitor(print_summary=False, log_images=False)
+    t_res = trainer(tmp_path / "res", max_epochs=4, callbacks=[monitor])
+    t_res.fit(resumed, train, val, ckpt_path=str(ckpt))
+
+    for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+    assert monitor.epochs_logged == 4  # two restored from the checkpoint, two new
+    for k, v in _monitored(t_full.callback_metrics).items():
+        assert float(t_res.callback_metrics[k]) == pytest.approx(v, rel=1e-6), k

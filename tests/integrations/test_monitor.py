@@ -1,0 +1,122 @@
+"""SubgroupMonitor in real fits: scalars, TensorBoard content, console table, state, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_mmloss import SubgroupMonitor
+from lightning_mmloss.functional import modality_agreement, modality_reliability, subgroup_statistics
+from tests.helpers.models import MODALITIES, ThreeHeadNet, loaders, trainer
+
+
+def _events(log_dir: str) -> EventAccumulator:
+    acc = EventAccumulator(log_dir, size_guidance={"images": 0, "histograms": 0, "scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def test_tensorboard_gets_scalars_histogram_and_images(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    model = ThreeHeadNet()
+    train, val = loaders()
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    monitor = SubgroupMonitor(shapley=True, print_summary=False)
+    t = trainer(tmp_path, max_epochs=3, logger=logger, callbacks=[monitor])
+    t.fit(model, train, val)
+    ev = _events(logger.log_dir)
+    tags = ev.Tags()
+    for m in [*MODALITIES, "fused"]:
+        for metric in ("acc", "macro_f1", "ece", "brier", "nll"):
+            assert f"val/reliability/{m}/{metric}" in tags["scalars"]
+    for name in ("val/agreement/conflict", "val/agreement/rescued", "val/subgroups/active", "val/shapley/audio"):
+        assert name in tags["scalars"]
+    assert len(ev.Scalars("val/reliability/fused/acc")) == 3  # one per epoch, none from the sanity check
+    assert "val/subgroups/occupancy" in tags["histograms"]
+    assert {"val/subgroups/profile", "val/agreement/pairwise"} <= set(tags["images"])
+    image = ev.Images("val/subgroups/profile")[-1]
+    assert image.width > 100 and image.height > 100
+    # the noise modality carries the least of the decisions
+    shap = {m: float(t.callback_metrics[f"val/shapley/{m}"]) for m in MODALITIES}
+    assert min(shap, key=shap.get) == "text", shap
+
+
+def test_logged_values_equal_direct_computation(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    model = ThreeHeadNet()
+    train, val = loaders(with_mask=True)
+    monitor = SubgroupMonitor(print_summary=False, log_images=False)
+    t = trainer(tmp_path, max_epochs=2, callbacks=[monitor])
+    t.fit(model, train, val)
+    data = val.dataset
+    batch = {m: data.x[:, i] for i, m in enumerate(MODALITIES)}
+    with torch.no_grad():
+        out = model.mm_loss.fuse(model.unimodal_logits(batch), data.mask)
+    rel = modality_reliability(out.unimodal_probs, out.probs, data.target, data.mask, MODALITIES)
+    agr = modality_agreement(out.unimodal_probs, out.probs, data.target, data.mask)
+    sub = subgroup_statistics(out.subgroup, out.preds, data.target, out.unimodal_probs, out.modality_weights, 3, 4)
+    got = t.callback_metrics
+    for k, v in rel.items():
+        assert float(got[f"val/reliability/{k}"]) == pytest.approx(float(v), rel=1e-5, abs=1e-6), k
+    for k in ("conflict", "reinforce", "all_wrong", "rescued", "harmed", "all_agree"):
+        assert float(got[f"val/agreement/{k}"]) == pytest.approx(float(agr[k]), abs=1e-6), k
+    assert float(got["val/subgroups/active"]) == float(sub["active"])
+    assert float(got["val/subgroups/usage_entropy"]) == pytest.approx(float(sub["usage_entropy"]), rel=1e-5)
+    assert monitor.last_metrics["val/reliability/fused/acc"] == pytest.approx(float(rel["fused/acc"]))
+
+
+def test_console_table_and_every_n_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = ThreeHeadNet()
+    train, val = loaders()
+    monitor = SubgroupMonitor(every_n_epochs=2, log_images=False)
+    trainer(tmp_path, max_epochs=5, callbacks=[monitor]).fit(model, train, val)
+    assert monitor.epochs_logged == 3  # epochs 0, 2, 4
+    printed = capsys.readouterr().out
+    assert printed.count("per-modality reliability") == 3
+    for word in ("audio", "video", "text", "fused", "macro_f1", "subgroups:", "active"):
+        assert word in printed
+
+
+def test_without_tensorboard_warns_once_and_still_logs(tmp_path: Path) -> None:
+    model = ThreeHeadNet()
+    train, val = loaders()
+    monitor = SubgroupMonitor(print_summary=False)
+    t = trainer(tmp_path, max_epochs=1, callbacks=[monitor], logger=CSVLogger(str(tmp_path)))
+    with pytest.warns(UserWarning, match=r"heatmaps need a TensorBoardLogger"):
+        t.fit(model, train, val)
+    assert "val/reliability/audio/ece" in t.callback_metrics
+    t.test(model, val)  # no second warning (pytest's filterwarnings=error would raise)
+    assert "test/reliability/fused/acc" in t.callback_metrics
+
+
+def test_state_dict_round_trip_and_key() -> None:
+    a = SubgroupMonitor(every_n_epochs=3)
+    a.epochs_logged, a.last_metrics = 4, {"val/agreement/conflict": 0.25}
+    b = SubgroupMonitor(every_n_epochs=3)
+    b.load_state_dict(a.state_dict())
+    assert b.epochs_logged == 4 and b.last_metrics == {"val/agreement/conflict": 0.25}
+    b.load_state_dict({})  # an old checkpoint without the keys
+    assert b.epochs_logged == 0
+    assert a.state_key != SubgroupMonitor(every_n_epochs=1).state_key
+    with pytest.raises(ValueError, match=r"SubgroupMonitor state"):
+        b.load_state_dict({"epochs_logged": "x"})
+
+
+def test_monitor_argument_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"`every_n_epochs` to be an int >= 1, but got 0"):
+        SubgroupMonitor(every_n_epochs=0)
+    with pytest.raises(TypeError, match=r"`shapley` to be a bool"):
+        SubgroupMonitor(shapley="yes")
+
+    class NotMM(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 2)
+
+    with pytest.raises(RuntimeError, match=r"needs a model built with MultiModalLossMixin"):
+        SubgroupMonitor().setup(trainer(tmp_path), NotMM(), "fit")
