@@ -19,7 +19,7 @@ class AudioVideoNet(MultiModalLossMixin, L.LightningModule):
         super().__init__()
         self.audio = nn.Sequential(nn.Linear(20, 32), nn.ReLU(), nn.Linear(32, num_classes))
         self.video = nn.Sequential(nn.Linear(30, 32), nn.ReLU(), nn.Linear(32, num_classes))
-        # aux_weight: some unimodal cross-entropy keeps each head's own scores predictive (docs/FAQ)
+        # aux_weight: some unimodal cross-entropy keeps each head's own scores predictive (see README)
         self.configure_multimodal(["audio", "video"], num_classes, proxies_per_class=8, aux_weight=0.2)
 
     def unimodal_logits(self, batch):

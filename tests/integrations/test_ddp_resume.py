@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.loggers import CSVLogger
 
 from lightning_mmloss import SubgroupMonitor
 from tests.helpers.models import ThreeHeadNet, loaders, trainer
@@ -25,15 +27,29 @@ def _monitored(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if k.startswith("val/")}
 
 
+def _csv_last_row(log_dir: str) -> dict[str, float]:
+    """The last logged value of every column of a CSVLogger's metrics.csv."""
+    with open(Path(log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    out: dict[str, float] = {}
+    for row in rows:
+        out.update({k: float(v) for k, v in row.items() if v not in ("", None)})
+    return out
+
+
 @pytest.mark.timeout(240)
 def test_ddp_spawn_validation_metrics_equal_single_process(tmp_path: Path) -> None:
     L.seed_everything(0)
     model = ThreeHeadNet()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     _, val = loaders(n_val=128, batch_size=32, with_mask=True)
-    single = trainer(tmp_path, callbacks=[SubgroupMonitor(print_summary=False, log_images=False)])
+    single = trainer(
+        tmp_path,
+        logger=CSVLogger(str(tmp_path), name="single", version=0),
+        callbacks=[SubgroupMonitor(print_summary=False, images_every_n_epochs=None)],
+    )
     single.validate(model, val, verbose=False)
-    expected = _monitored(single.callback_metrics)
+    expected = _monitored(_csv_last_row(single.logger.log_dir))
 
     model2 = ThreeHeadNet()
     model2.load_state_dict(state)
@@ -41,10 +57,11 @@ def test_ddp_spawn_validation_metrics_equal_single_process(tmp_path: Path) -> No
         tmp_path,
         strategy="ddp_spawn",
         devices=2,
-        callbacks=[SubgroupMonitor(print_summary=False, log_images=False)],
+        logger=CSVLogger(str(tmp_path), name="ddp", version=0),
+        callbacks=[SubgroupMonitor(print_summary=False, images_every_n_epochs=None)],
     )
     ddp.validate(model2, val, verbose=False)
-    got = _monitored(ddp.callback_metrics)
+    got = _monitored(_csv_last_row(ddp.logger.log_dir))
     assert len(expected) == 30 and got.keys() == expected.keys()  # loss, acc, 20 reliability, 6 rates, 2 subgroup
     for k, v in expected.items():
         assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-6), k
@@ -69,26 +86,28 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
 
     train, val = loaders(shuffle=False)
     full = fresh()
-    t_full = trainer(
-        tmp_path / "full", max_epochs=4, callbacks=[SubgroupMonitor(print_summary=False, log_images=False)]
-    )
+    full_monitor = SubgroupMonitor(print_summary=False, images_every_n_epochs=None)
+    t_full = trainer(tmp_path / "full", max_epochs=4, callbacks=[full_monitor])
     t_full.fit(full, train, val)
 
     part = fresh()
     t_part = trainer(
-        tmp_path / "part", max_epochs=2, callbacks=[SubgroupMonitor(print_summary=False, log_images=False)]
+        tmp_path / "part", max_epochs=2, callbacks=[SubgroupMonitor(print_summary=False, images_every_n_epochs=None)]
     )
     t_part.fit(part, train, val)
     ckpt = tmp_path / "interrupted.ckpt"
     t_part.save_checkpoint(ckpt)
 
     resumed = fresh()  # a new process would start from scratch too
-    monitor = SubgroupMonitor(print_summary=False, log_images=False)
+    monitor = SubgroupMonitor(print_summary=False, images_every_n_epochs=None)
     t_res = trainer(tmp_path / "res", max_epochs=4, callbacks=[monitor])
     t_res.fit(resumed, train, val, ckpt_path=str(ckpt))
 
     for (name, a), b in zip(full.state_dict().items(), resumed.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
     assert monitor.epochs_logged == 4  # two restored from the checkpoint, two new
-    for k, v in _monitored(t_full.callback_metrics).items():
-        assert float(t_res.callback_metrics[k]) == pytest.approx(v, rel=1e-6), k
+    expected = full_monitor.last_metrics | _monitored(t_full.callback_metrics)
+    got = monitor.last_metrics | _monitored(t_res.callback_metrics)
+    assert len(expected) == 30
+    for k, v in expected.items():
+        assert got[k] == pytest.approx(v, rel=1e-6), k

@@ -26,7 +26,7 @@ def test_tensorboard_gets_scalars_histogram_and_images(tmp_path: Path) -> None:
     model = ThreeHeadNet()
     train, val = loaders()
     logger = TensorBoardLogger(str(tmp_path), name="tb")
-    monitor = SubgroupMonitor(shapley=True, print_summary=False)
+    monitor = SubgroupMonitor(shapley=True, print_summary=False, images_every_n_epochs=2)
     t = trainer(tmp_path, max_epochs=3, logger=logger, callbacks=[monitor])
     t.fit(model, train, val)
     ev = _events(logger.log_dir)
@@ -39,18 +39,35 @@ def test_tensorboard_gets_scalars_histogram_and_images(tmp_path: Path) -> None:
     assert len(ev.Scalars("val/reliability/fused/acc")) == 3  # one per epoch, none from the sanity check
     assert "val/subgroups/occupancy" in tags["histograms"]
     assert {"val/subgroups/profile", "val/agreement/pairwise"} <= set(tags["images"])
+    assert len(ev.Images("val/agreement/pairwise")) == 2  # epochs 0 and 2 of 0, 1, 2
+    assert len(ev.Histograms("val/subgroups/occupancy")) == 2
+
     image = ev.Images("val/subgroups/profile")[-1]
     assert image.width > 100 and image.height > 100
     # the noise modality carries the least of the decisions
-    shap = {m: float(t.callback_metrics[f"val/shapley/{m}"]) for m in MODALITIES}
+    shap = {m: monitor.last_metrics[f"val/shapley/{m}"] for m in MODALITIES}
+    last = ev.Scalars("val/shapley/text")[-1]
+    assert last.value == pytest.approx(shap["text"]) and last.step == t.global_step
     assert min(shap, key=shap.get) == "text", shap
+
+
+def test_last_epoch_figures_are_drawn_at_fit_end(tmp_path: Path) -> None:
+    model = ThreeHeadNet()
+    train, val = loaders()
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    monitor = SubgroupMonitor(print_summary=False, images_every_n_epochs=3)
+    t = trainer(tmp_path, max_epochs=5, logger=logger, callbacks=[monitor])
+    t.fit(model, train, val)
+    steps = [e.step for e in _events(logger.log_dir).Images("val/subgroups/profile")]
+    per_epoch = t.global_step // 5
+    assert steps == [per_epoch, 4 * per_epoch, 5 * per_epoch]  # epochs 0, 3 and the last one, 4
 
 
 def test_logged_values_equal_direct_computation(tmp_path: Path) -> None:
     L.seed_everything(0)
     model = ThreeHeadNet()
     train, val = loaders(with_mask=True)
-    monitor = SubgroupMonitor(print_summary=False, log_images=False)
+    monitor = SubgroupMonitor(print_summary=False, images_every_n_epochs=None)
     t = trainer(tmp_path, max_epochs=2, callbacks=[monitor])
     t.fit(model, train, val)
     data = val.dataset
@@ -60,7 +77,7 @@ def test_logged_values_equal_direct_computation(tmp_path: Path) -> None:
     rel = modality_reliability(out.unimodal_probs, out.probs, data.target, data.mask, MODALITIES)
     agr = modality_agreement(out.unimodal_probs, out.probs, data.target, data.mask)
     sub = subgroup_statistics(out.subgroup, out.preds, data.target, out.unimodal_probs, out.modality_weights, 3, 4)
-    got = t.callback_metrics
+    got = monitor.last_metrics
     for k, v in rel.items():
         assert float(got[f"val/reliability/{k}"]) == pytest.approx(float(v), rel=1e-5, abs=1e-6), k
     for k in ("conflict", "reinforce", "all_wrong", "rescued", "harmed", "all_agree"):
@@ -73,7 +90,7 @@ def test_logged_values_equal_direct_computation(tmp_path: Path) -> None:
 def test_console_table_and_every_n_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = ThreeHeadNet()
     train, val = loaders()
-    monitor = SubgroupMonitor(every_n_epochs=2, log_images=False)
+    monitor = SubgroupMonitor(every_n_epochs=2, images_every_n_epochs=None)
     trainer(tmp_path, max_epochs=5, callbacks=[monitor]).fit(model, train, val)
     assert monitor.epochs_logged == 3  # epochs 0, 2, 4
     printed = capsys.readouterr().out
@@ -89,9 +106,10 @@ def test_without_tensorboard_warns_once_and_still_logs(tmp_path: Path) -> None:
     t = trainer(tmp_path, max_epochs=1, callbacks=[monitor], logger=CSVLogger(str(tmp_path)))
     with pytest.warns(UserWarning, match=r"heatmaps need a TensorBoardLogger"):
         t.fit(model, train, val)
-    assert "val/reliability/audio/ece" in t.callback_metrics
     t.test(model, val)  # no second warning (pytest's filterwarnings=error would raise)
-    assert "test/reliability/fused/acc" in t.callback_metrics
+    assert "test/reliability/fused/acc" in monitor.last_metrics
+    header = (Path(t.logger.log_dir) / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val/reliability/audio/ece", "val/agreement/harmed", "test/reliability/fused/acc"} <= set(header)
 
 
 def test_state_dict_round_trip_and_key() -> None:
