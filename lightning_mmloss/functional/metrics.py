@@ -21,6 +21,19 @@ _NLL_FLOOR = 1e-12  # probabilities below this count as this, so one confident m
 _STATE_DTYPE = torch.float64  # sums over many batches and processes: keep them exact enough
 
 
+def _count(index: Tensor, size: int, weights: Tensor | None = None) -> Tensor:
+    """``bincount`` that also runs under ``torch.use_deterministic_algorithms(True)`` on CUDA.
+
+    (``Trainer(deterministic=True)`` turns that on; CUDA's ``bincount`` then raises, while
+    ``index_add_`` has a deterministic implementation.)
+    """
+    if weights is None:
+        out = torch.zeros(size, dtype=torch.long, device=index.device)
+        return out.index_add_(0, index, torch.ones_like(index))
+    out = torch.zeros(size, dtype=_STATE_DTYPE, device=index.device)
+    return out.index_add_(0, index, weights.to(_STATE_DTYPE))
+
+
 def _shape(t: Tensor) -> str:
     return "(" + ", ".join(str(s) for s in t.shape) + ")"
 
@@ -67,7 +80,7 @@ def _reliability_update(
     correct = pred == target[:, None]
     heads = torch.arange(H, device=probs.device)[None, :].expand(B, H)
     sel_heads, sel_target, sel_pred = heads[present], target[:, None].expand(B, H)[present], pred[present]
-    confusion = torch.bincount(sel_heads * C * C + sel_target * C + sel_pred, minlength=H * C * C).view(H, C, C)
+    confusion = _count(sel_heads * C * C + sel_target * C + sel_pred, H * C * C).view(H, C, C)
     # ECE bins (b/n, (b+1)/n]; a confidence of exactly 0 cannot occur for probabilities.
     bins = (conf * n_bins).ceil().long().clamp_(1, n_bins) - 1
     bin_idx = (heads * n_bins + bins)[present]
@@ -79,11 +92,9 @@ def _reliability_update(
         "count": present.sum(dim=0),
         "correct": (correct & present).sum(dim=0),
         "confusion": confusion,
-        "bin_count": torch.bincount(bin_idx, minlength=H * n_bins).view(H, n_bins),
-        "bin_conf": torch.bincount(bin_idx, weights=conf[present], minlength=H * n_bins).view(H, n_bins),
-        "bin_correct": torch.bincount(bin_idx, weights=correct[present].to(_STATE_DTYPE), minlength=H * n_bins).view(
-            H, n_bins
-        ),
+        "bin_count": _count(bin_idx, H * n_bins).view(H, n_bins),
+        "bin_conf": _count(bin_idx, H * n_bins, conf[present]).view(H, n_bins),
+        "bin_correct": _count(bin_idx, H * n_bins, correct[present]).view(H, n_bins),
         "brier": (brier * w).sum(dim=0),
         "nll": (nll * w).sum(dim=0),
     }
@@ -267,13 +278,13 @@ def _subgroup_update(
     own = unimodal_probs.gather(2, cls.view(B, 1, 1).expand(B, M, 1)).squeeze(2).to(_STATE_DTYPE)
     dev = unimodal_probs.device
     return {
-        "count": torch.bincount(subgroup, minlength=C * K),
-        "correct": torch.bincount(subgroup, weights=correct, minlength=C * K),
+        "count": _count(subgroup, C * K),
+        "correct": _count(subgroup, C * K, correct),
         "profile": torch.zeros(C * K, M, dtype=_STATE_DTYPE, device=dev).index_add_(0, subgroup, own),
         "weight_sum": torch.zeros(C, M, dtype=_STATE_DTYPE, device=dev).index_add_(
             0, fused_preds, modality_weights.to(_STATE_DTYPE)
         ),
-        "class_count": torch.bincount(fused_preds, minlength=C),
+        "class_count": _count(fused_preds, C),
     }
 
 

@@ -10,6 +10,29 @@ from lightning_mmloss import MultiModalLoss
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
+def test_metrics_deterministic_on_cuda() -> None:
+    # Trainer(deterministic=True) turns this on; CUDA's bincount raises under it
+    from lightning_mmloss.functional import modality_agreement, modality_reliability, subgroup_statistics
+
+    g = torch.Generator().manual_seed(0)
+    target = torch.randint(0, 4, (64,), generator=g).cuda()
+    uni = torch.rand(64, 3, 4, generator=g).softmax(-1).cuda()
+    mask = (torch.rand(64, 3, generator=g) > 0.2).cuda()
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        rel = modality_reliability(uni, uni.mean(1), target, mask)
+        agr = modality_agreement(uni, uni.mean(1), target, mask)
+        fu = MultiModalLoss(4, 3, 2).cuda().fuse(uni.log(), mask)
+        sub = subgroup_statistics(fu.subgroup, fu.preds, target, fu.unimodal_probs, fu.modality_weights, 4, 2)
+    finally:
+        torch.use_deterministic_algorithms(before)
+    cpu = modality_reliability(uni.cpu(), uni.mean(1).cpu(), target.cpu(), mask.cpu())
+    for k, v in cpu.items():
+        torch.testing.assert_close(rel[k].cpu(), v, equal_nan=True)
+    assert torch.isfinite(agr["conflict"]) and int(sub["occupancy"].sum()) == 64
+
+
 @pytest.mark.parametrize("backend", ["fused", "autograd"])
 @pytest.mark.parametrize("pooling", ["reference", "softtriple"])
 def test_cuda_matches_cpu_float64(backend: str, pooling: str) -> None:

@@ -122,3 +122,19 @@ def test_metric_errors() -> None:
         )
     with pytest.raises(ValueError, match=r"`num_classes` to be an int >= 2"):
         ModalityReliability(2, 1)
+
+
+def test_metrics_run_with_deterministic_algorithms() -> None:
+    # Trainer(deterministic=True) sets this; CUDA's bincount would raise under it
+    uni, fused, target, mask = _batch()
+    before = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        out = modality_reliability(uni, fused, target, mask, modalities=NAMES)
+        agr = modality_agreement(uni, fused, target, mask)
+        loss = MultiModalLoss(4, 3, 2)
+        fu = loss.fuse(uni.log(), mask)
+        sub = subgroup_statistics(fu.subgroup, fu.preds, target, fu.unimodal_probs, fu.modality_weights, 4, 2)
+    finally:
+        torch.use_deterministic_algorithms(before)
+    assert torch.isfinite(out["fused/ece"]) and torch.isfinite(agr["conflict"]) and int(sub["occupancy"].sum()) == 60
