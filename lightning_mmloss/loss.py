@@ -174,15 +174,21 @@ class MultiModalLoss(nn.Module):
 
     def forward(self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None = None) -> Tensor:
         """Compute the loss. See the class docstring for the inputs."""
+        u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
+        logits = _fuse_raw(u, self.weight, mask, self.spec)[0]
+        return self.loss_from_logits(logits, target, num_valid=num_valid)
+
+    def _prepare_with_target(
+        self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor | None, Tensor, int | None]:
         u, mask = self._prepare(unimodal_logits, modality_mask)
         target = V.check_target_shape(target, u.shape[0])
         num_valid = None
-        if self.validate_args:
+        if self.validate_args:  # logits and targets in one synchronisation
             num_valid = V.check_values(
                 u, mask, self.spec.activation, self.modality_names, target, self.num_classes, self.ignore_index
             )
-        logits = _fuse_raw(u, self.weight, mask, self.spec)[0]
-        return self.loss_from_logits(logits, target, num_valid=num_valid)
+        return u, mask, target, num_valid
 
     def loss_from_logits(self, logits: Tensor, target: Tensor, num_valid: int | None = None) -> Tensor:
         """Cross-entropy of already fused logits (e.g. ``fuse(...).logits``) with this loss's options."""
@@ -204,13 +210,7 @@ class MultiModalLoss(nn.Module):
         self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None = None
     ) -> tuple[FusionOutput, Tensor]:
         """Analytics and loss from one fusion pass (validation/test steps): ``(fuse(...), loss)``."""
-        u, mask = self._prepare(unimodal_logits, modality_mask)
-        target = V.check_target_shape(target, u.shape[0])
-        num_valid = None
-        if self.validate_args:
-            num_valid = V.check_values(
-                u, mask, self.spec.activation, self.modality_names, target, self.num_classes, self.ignore_index
-            )
+        u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
         out = _analytics(*_fuse_raw(u, self.weight, mask, self.spec, analytics=True), self.spec)
         return out, self.loss_from_logits(out.logits, target, num_valid=num_valid)
 

@@ -435,13 +435,17 @@ def _prepare(
     weight: Tensor,
     modality_mask: Tensor | None,
     modality_names: Sequence[str] | None,
-    options: dict[str, Any],
+    validate_args: bool,
+    **options: Any,
 ) -> tuple[Tensor, Tensor | None, FusionSpec]:
+    """Stack and check the input, build the spec; with ``validate_args`` also check the values."""
     names = tuple(modality_names) if modality_names is not None else None
     u = V.coerce_unimodal(unimodal_logits, names, None if names is None else len(names))
     V.check_unimodal_tensor(u, None if names is None else len(names), None)
     spec = _spec_from(u, weight, **options)
     mask = V.check_mask(modality_mask, u.shape[0], u.shape[1], u.device)
+    if validate_args:
+        V.check_values(u, mask, spec.activation, names)
     return u, mask, spec
 
 
@@ -496,7 +500,12 @@ def multimodal_logits(
         >>> multimodal_logits(u, weight).shape
         torch.Size([4, 3])
     """
-    opts = dict(
+    u, mask, spec = _prepare(
+        unimodal_logits,
+        weight,
+        modality_mask,
+        modality_names,
+        validate_args,
         gamma=gamma,
         pooling=pooling,
         attention=attention,
@@ -504,9 +513,6 @@ def multimodal_logits(
         activation=activation,
         backend=backend,
     )
-    u, mask, spec = _prepare(unimodal_logits, weight, modality_mask, modality_names, opts)
-    if validate_args:
-        V.check_values(u, mask, spec.activation, modality_names and tuple(modality_names))
     return _fuse_raw(u, weight, mask, spec)[0]
 
 
@@ -542,7 +548,12 @@ def multimodal_fuse(
         >>> bool(torch.allclose(out.modality_weights.sum(dim=1), torch.ones(4)))
         True
     """
-    opts = dict(
+    u, mask, spec = _prepare(
+        unimodal_logits,
+        weight,
+        modality_mask,
+        modality_names,
+        validate_args,
         gamma=gamma,
         pooling=pooling,
         attention=attention,
@@ -550,9 +561,6 @@ def multimodal_fuse(
         activation=activation,
         backend=backend,
     )
-    u, mask, spec = _prepare(unimodal_logits, weight, modality_mask, modality_names, opts)
-    if validate_args:
-        V.check_values(u, mask, spec.activation, modality_names and tuple(modality_names))
     return _analytics(*_fuse_raw(u, weight, mask, spec, analytics=True), spec)
 
 
@@ -622,7 +630,12 @@ def multimodal_loss(
         >>> weight.grad.shape
         torch.Size([8, 12])
     """
-    opts = dict(
+    u, mask, spec = _prepare(
+        unimodal_logits,
+        weight,
+        modality_mask,
+        modality_names,
+        False,  # checked below together with the target, in one synchronisation
         gamma=gamma,
         pooling=pooling,
         attention=attention,
@@ -630,7 +643,6 @@ def multimodal_loss(
         activation=activation,
         backend=backend,
     )
-    u, mask, spec = _prepare(unimodal_logits, weight, modality_mask, modality_names, opts)
     V.check_choice("reduction", reduction, V.REDUCTIONS)
     target = V.check_target_shape(target, u.shape[0])
     cw = V.check_class_weight(class_weight, spec.num_classes)

@@ -122,7 +122,12 @@ def modality_shapley(
         >>> bool(torch.allclose(phi.sum(dim=1), full - 1 / 4, atol=1e-6))   # v(empty) = 1/C
         True
     """
-    opts = dict(
+    u, mask, spec = _prepare(
+        unimodal_logits,
+        weight,
+        modality_mask,
+        modality_names,
+        validate_args,
         gamma=gamma,
         pooling=pooling,
         attention=attention,
@@ -130,7 +135,6 @@ def modality_shapley(
         activation=activation,
         backend=backend,
     )
-    u, mask, spec = _prepare(unimodal_logits, weight, modality_mask, modality_names, opts)
     B, M, C = u.shape
     if M > MAX_SHAPLEY_MODALITIES:
         raise ValueError(
@@ -138,8 +142,6 @@ def modality_shapley(
             f"instance), but got M={M}; group modalities or use a sampling estimate."
         )
     V.check_int("max_rows", max_rows, 1)
-    if validate_args:
-        V.check_values(u, mask, spec.activation, modality_names and tuple(modality_names))
     with torch.no_grad():
         if target_class is None:
             cls = _fuse_raw(u, weight, mask, spec)[0].argmax(dim=-1)
