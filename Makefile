@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m lightning_mmloss.demo
+	$(VENV)/bin/lightning-mmloss compare --output runs/demo
 
 test: $(STAMP)
 	$(PY) -m pytest

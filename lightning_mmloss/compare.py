@@ -1,0 +1,255 @@
+"""``lightning-mmloss compare``: every fusion x seed on the same heads and data, side by side."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import statistics
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from lightning_mmloss.classifier import FUSIONS, MultimodalClassifier
+from lightning_mmloss.data import MultiviewDataset, SyntheticMultimodalDataModule, UCIMultipleFeaturesDataModule
+from lightning_mmloss.data.synthetic import PRESETS, SCENARIOS
+from lightning_mmloss.functional import modality_reliability
+
+DEFAULT_EPOCHS = {"synthetic": 60, "uci-mfeat": 60}
+
+
+@torch.no_grad()
+def evaluate(model: MultimodalClassifier, dataset: MultiviewDataset, chunk: int = 4096) -> dict[str, float]:
+    """Fused and per-modality accuracy and ECE on ``dataset``; attribution shares for ``"mm"``.
+
+    Attribution (only where the data say which modalities are informative, and only for the
+    MultiModal loss): among correctly classified instances, the share whose top modality by exact
+    Shapley value (``attr_shapley``) and by modality weight (``attr_weight``) is informative.
+    """
+    model.eval()
+    names = model.modality_names
+    us, ys, infos, phis, weights = [], [], [], [], []
+    for start in range(0, len(dataset), chunk):
+        batch = {k: v[start : start + chunk].to(model.device) for k, v in dataset.as_batch().items()}
+        u = model.stacked_logits(batch).float()
+        us.append(u)
+        ys.append(batch["target"])
+        infos.append(batch["informative"])
+        if model.fusion == "mm":
+            weights.append(model.mm_loss.fuse(u).modality_weights)
+            phis.append(model.mm_loss.shapley(u))
+    u, y, informative = torch.cat(us), torch.cat(ys), torch.cat(infos)
+    fused = model.fused_logits(u).float().softmax(-1)
+    rel = modality_reliability(u.softmax(-1), fused, y, modalities=names)
+    row = {"test_acc": float(rel["fused/acc"]), "test_ece": float(rel["fused/ece"])}
+    for m in names:
+        row[f"{m}_acc"] = float(rel[f"{m}/acc"])
+        row[f"{m}_ece"] = float(rel[f"{m}/ece"])
+    if phis and not bool(informative.all()):
+        correct = fused.argmax(-1) == y
+        idx = correct.nonzero().squeeze(1)
+        for key, scores in (("attr_shapley", torch.cat(phis)), ("attr_weight", torch.cat(weights))):
+            top = scores[idx].argmax(dim=1)
+            row[key] = float(informative[idx, top].float().mean()) if len(idx) else math.nan
+    return row
+
+
+def _datamodule(args: argparse.Namespace, seed: int) -> L.LightningDataModule:
+    if args.data == "synthetic":
+        return SyntheticMultimodalDataModule(
+            args.scenario, preset=args.preset, batch_size=args.batch_size, seed=seed, num_classes=args.classes
+        )
+    return UCIMultipleFeaturesDataModule(
+        args.data_dir, corrupt_fraction=args.corrupt_fraction, batch_size=args.batch_size, seed=seed
+    )
+
+
+def run_one(args: argparse.Namespace, fusion: str, seed: int, output: Path) -> dict[str, Any]:
+    """Train one fusion with one seed; returns its results row."""
+    L.seed_everything(seed, verbose=False)
+    dm = _datamodule(args, seed)
+    dm.setup("fit")
+    model = MultimodalClassifier(
+        dm.modalities,
+        dm.input_dims,
+        dm.num_classes,
+        fusion=fusion,
+        hidden=args.hidden,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        proxies_per_class=args.proxies,
+        gamma=args.gamma,
+        aux_weight=args.aux_weight,
+    )
+    trainer = L.Trainer(
+        max_epochs=args.epochs,
+        accelerator=args.accelerator,
+        devices=1,
+        logger=TensorBoardLogger(str(output / "tensorboard"), name=fusion, version=f"seed{seed}"),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        log_every_n_steps=5,
+        deterministic=True,
+    )
+    start = time.perf_counter()
+    trainer.fit(model, dm)
+    seconds = time.perf_counter() - start
+    row: dict[str, Any] = {"fusion": fusion, "seed": seed}
+    row.update(evaluate(model, dm.splits["test"]))
+    row["train_seconds"] = seconds
+    return row
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    vals = [v for v in values if not math.isnan(v)]
+    if not vals:
+        return "n/a"
+    if len(vals) == 1:
+        return f"{vals[0]:.3f}"
+    return f"{statistics.mean(vals):.3f} ± {statistics.stdev(vals):.3f}"
+
+
+def summarise(rows: list[dict[str, Any]], modalities: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the mean ± std table, one row per fusion (in run order)."""
+    header = ["fusion", "test acc", "test ECE", *[f"{m} acc" for m in modalities], *[f"{m} ECE" for m in modalities]]
+    if any("attr_shapley" in r for r in rows):
+        header += ["attr. Shapley", "attr. weight"]
+    header.append("train s")
+    out = []
+    for fusion in dict.fromkeys(r["fusion"] for r in rows):
+        rs = [r for r in rows if r["fusion"] == fusion]
+        line = [fusion, _mean_std([r["test_acc"] for r in rs]), _mean_std([r["test_ece"] for r in rs])]
+        line += [_mean_std([r[f"{m}_acc"] for r in rs]) for m in modalities]
+        line += [_mean_std([r[f"{m}_ece"] for r in rs]) for m in modalities]
+        if "attr. Shapley" in header:
+            line += [_mean_std([r.get(k, math.nan) for r in rs]) for k in ("attr_shapley", "attr_weight")]
+        line.append(f"{statistics.mean(r['train_seconds'] for r in rs):.1f}")
+        out.append(line)
+    return header, out
+
+
+def write_outputs(rows: list[dict[str, Any]], modalities: list[str], output: Path, title: str) -> None:
+    """``results.csv`` (one row per fusion and seed), ``results.md`` and ``results.png``."""
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    with open(output / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    header, table = summarise(rows, modalities)
+    lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in table]
+    lines += ["", "mean ± standard deviation over seeds; accuracy and ECE on the test split."]
+    (output / "results.md").write_text("\n".join(lines) + "\n")
+    _plot(rows, modalities, output / "results.png", title)
+
+
+def _plot(rows: list[dict[str, Any]], modalities: list[str], path: Path, title: str) -> None:
+    from matplotlib.figure import Figure
+
+    fusions = list(dict.fromkeys(r["fusion"] for r in rows))
+    fig = Figure(figsize=(1.4 + 1.2 * len(fusions), 3.6), dpi=110, layout="constrained")
+    ax = fig.add_subplot()
+    for i, fusion in enumerate(fusions):
+        accs = [r["test_acc"] for r in rows if r["fusion"] == fusion]
+        ax.bar(i, statistics.mean(accs), color="#4C72B0" if fusion == "mm" else "#A0A0A0", width=0.6)
+        ax.scatter([i] * len(accs), accs, color="black", s=10, zorder=3)
+    best_head = max(
+        statistics.mean(r[f"{m}_acc"] for r in rows if r["fusion"] == "mm" or "mm" not in fusions) for m in modalities
+    )
+    ax.axhline(best_head, color="#C44E52", linestyle="--", linewidth=1, label="best unimodal head (mm runs)")
+    ax.set_xticks(range(len(fusions)), labels=fusions)
+    ax.set_ylabel("test accuracy")
+    lo = min(r["test_acc"] for r in rows)
+    ax.set_ylim(max(0.0, lo - 0.1), 1.0)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.savefig(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Arguments of ``lightning-mmloss compare``."""
+    p = argparse.ArgumentParser(
+        prog="lightning-mmloss compare",
+        description="Train every fusion x seed on the same heads and data; print and write the comparison.",
+    )
+    p.add_argument("--data", choices=("synthetic", "uci-mfeat"), default="synthetic")
+    p.add_argument("--scenario", choices=SCENARIOS, default="ehh", help="synthetic scenario")
+    p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="synthetic size preset")
+    p.add_argument("--classes", type=int, default=2, help="synthetic classes")
+    p.add_argument("--data-dir", default="../shared/data/uci-mfeat", help="UCI Multiple Features CSV folder")
+    p.add_argument("--corrupt-fraction", type=float, default=0.0, help="uci-mfeat: share of corrupted instances")
+    p.add_argument("--fusions", default=",".join(FUSIONS), help=f"comma-separated, from {','.join(FUSIONS)}")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (data and initialisation)")
+    p.add_argument("--epochs", type=int, default=None, help="default: 60")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--hidden", type=lambda s: [int(x) for x in s.split(",")], default=[128, 32], help="e.g. 128,32")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--proxies", type=int, default=20, help="MultiModal loss: proxies per class K")
+    p.add_argument("--gamma", type=float, default=0.1, help="MultiModal loss: temperature")
+    p.add_argument("--aux-weight", type=float, default=0.0, help="MultiModal loss: auxiliary unimodal loss weight")
+    p.add_argument("--accelerator", default="cpu")
+    p.add_argument("--output", default="runs/compare", help="folder for results.csv/.md/.png and TensorBoard logs")
+    return p
+
+
+def compare_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Entry point of ``lightning-mmloss compare``; returns the result rows."""
+    args = build_parser().parse_args(argv)
+    fusions = [f.strip() for f in args.fusions.split(",") if f.strip()]
+    unknown = [f for f in fusions if f not in FUSIONS]
+    if unknown or not fusions:
+        raise SystemExit(f"lightning-mmloss compare: --fusions takes names from {','.join(FUSIONS)}, got {unknown}")
+    if args.seeds < 1:
+        raise SystemExit("lightning-mmloss compare: --seeds must be at least 1")
+    args.epochs = args.epochs or DEFAULT_EPOCHS[args.data]
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
+    console = Console()
+    wide = Console(width=max(console.width, 132))  # the tables: wrap less than the terminal would
+    what = f"synthetic '{args.scenario}' ({args.preset})" if args.data == "synthetic" else "UCI mfeat"
+    if args.data == "uci-mfeat" and args.corrupt_fraction:
+        what += f", {args.corrupt_fraction:.0%} of instances corrupted"
+    title = f"{what}: {len(fusions)} fusions x {args.seeds} seeds, {args.epochs} epochs"
+    console.print(f"[bold]lightning-mmloss compare[/bold]: {title}")
+    rows: list[dict[str, Any]] = []
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Lightning's hints about workers and logging intervals
+        task = progress.add_task("training", total=len(fusions) * args.seeds)
+        for seed in range(args.seeds):
+            for fusion in fusions:
+                progress.update(task, description=f"{fusion:>7} seed {seed}")
+                row = run_one(args, fusion, seed, output)
+                rows.append(row)
+                progress.advance(task)
+                progress.console.print(f"  {fusion:>7} seed {seed}: test acc {row['test_acc']:.3f}")
+    modalities = [k[: -len("_acc")] for k in rows[0] if k.endswith("_acc") and k != "test_acc"]
+    header, table_rows = summarise(rows, modalities)
+    # two console tables (fusion-level, then per modality) so that both fit a terminal
+    per_mod = {f"{m} acc" for m in modalities} | {f"{m} ECE" for m in modalities}
+    main_cols = [i for i, h in enumerate(header) if h not in per_mod]
+    mod_cols = [0] + [i for i, h in enumerate(header) if h in per_mod]
+    for cols, caption in ((main_cols, title), (mod_cols, "per-modality heads (test split)")):
+        table = Table(title=caption)
+        for i in cols:
+            table.add_column(header[i], justify="left" if i == 0 else "right", no_wrap=True)
+        for r in table_rows:
+            table.add_row(*(r[i] for i in cols), style="bold" if r[0] == "mm" else None)
+        wide.print(table)
+    write_outputs(rows, modalities, output, title)
+    console.print(f"wrote {output / 'results.csv'}, {output / 'results.md'}, {output / 'results.png'}")
+    return rows

@@ -1,0 +1,47 @@
+"""A dataset of named views with a target and the per-instance ground truth of informative views."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+
+class MultiviewDataset(Dataset):
+    """Instances as dicts: one tensor per view, ``target`` and ``informative`` (bool per view).
+
+    Args:
+        views: view name -> ``(N, d_view)`` features.
+        target: ``(N,)`` class indices.
+        informative: optional ``(N, M)`` bool ground truth: ``True`` where the view carries the
+            class signal (views in the order of ``views``).
+    """
+
+    def __init__(self, views: Mapping[str, Tensor], target: Tensor, informative: Tensor | None = None) -> None:
+        self.names = list(views)
+        self.views = {k: v.float() for k, v in views.items()}
+        self.target = target.long()
+        n = len(self.target)
+        for name, v in self.views.items():
+            if v.dim() != 2 or v.shape[0] != n:
+                raise ValueError(f"Expected view {name!r} to have shape ({n}, d), but got {tuple(v.shape)}.")
+        if informative is not None and informative.shape != (n, len(self.names)):
+            raise ValueError(
+                f"Expected `informative` to have shape ({n}, {len(self.names)}), but got {tuple(informative.shape)}."
+            )
+        self.informative = informative if informative is not None else torch.ones(n, len(self.names), dtype=torch.bool)
+
+    def __len__(self) -> int:
+        return len(self.target)
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        item = {name: v[i] for name, v in self.views.items()}
+        item["target"] = self.target[i]
+        item["informative"] = self.informative[i]
+        return item
+
+    def as_batch(self) -> dict[str, Tensor]:
+        """The whole dataset as one batch dict (for evaluation and attribution)."""
+        return {**self.views, "target": self.target, "informative": self.informative}

@@ -1,0 +1,185 @@
+"""``UCIMultipleFeaturesDataModule``: the six views of UCI Multiple Features (handwritten digits)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader
+
+from lightning_mmloss import _validation as V
+from lightning_mmloss.data._dataset import MultiviewDataset
+
+VIEWS = {
+    "fou": "mfeat-fou.csv",  # 76 Fourier coefficients of the character shapes
+    "fac": "mfeat-fac.csv",  # 216 profile correlations
+    "kar": "mfeat-kar.csv",  # 64 Karhunen-Loeve coefficients
+    "pix": "mfeat-pix.csv",  # 240 pixel averages in 2 x 3 windows
+    "zer": "mfeat-zer.csv",  # 47 Zernike moments
+    "mor": "mfeat-mor.csv",  # 6 morphological features
+}
+SOURCE = "https://archive.ics.uci.edu/dataset/72/multiple+features"
+
+
+def load_views(data_dir: str | Path) -> tuple[dict[str, Tensor], Tensor]:
+    """Read the six CSV files (header row, then features and the label in the last column)."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Expected argument `data_dir` to be a directory holding the UCI Multiple Features CSV files, but "
+            f"{str(root)!r} does not exist. Get the data from {SOURCE} (one CSV per view: {', '.join(VIEWS.values())})."
+        )
+    views: dict[str, Tensor] = {}
+    labels = None
+    for name, file in VIEWS.items():
+        path = root / file
+        if not path.is_file():
+            raise FileNotFoundError(f"Expected the file {file!r} in {str(root)!r} (view {name!r}), but it is missing.")
+        table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
+        y = torch.from_numpy(table[:, -1]).long()
+        if labels is None:
+            labels = y
+        elif not torch.equal(labels, y):
+            raise ValueError(f"Expected every view to list the same labels in the same order, but {file!r} differs.")
+        views[name] = torch.from_numpy(table[:, :-1]).float()
+    assert labels is not None
+    return views, labels
+
+
+def stratified_split(target: Tensor, fractions: tuple[float, float, float], seed: int) -> list[Tensor]:
+    """Indices of train/val/test with the class proportions of ``target`` in each, by ``seed``."""
+    g = torch.Generator().manual_seed(seed)
+    parts: list[list[Tensor]] = [[], [], []]
+    for c in target.unique():
+        idx = (target == c).nonzero().squeeze(1)
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        n_train = round(fractions[0] * len(idx))
+        n_val = round(fractions[1] * len(idx))
+        for i, chunk in enumerate((idx[:n_train], idx[n_train : n_train + n_val], idx[n_train + n_val :])):
+            parts[i].append(chunk)
+    return [torch.cat(p).sort().values for p in parts]
+
+
+class UCIMultipleFeaturesDataModule(L.LightningDataModule):
+    """UCI Multiple Features: 2000 handwritten digits (10 classes), six views of each.
+
+    Stratified train/val/test split by ``seed``; each view standardised with the training
+    split's mean and standard deviation. Optional corruption: a ``corrupt_fraction`` of the
+    instances of every split get ``corrupt_views`` randomly chosen views replaced by standard
+    Gaussian noise; ``informative`` in each batch is ``False`` exactly there (ground truth).
+    Reads ``data_dir`` only; never downloads.
+
+    Args:
+        data_dir: directory with ``mfeat-fou.csv`` ... ``mfeat-mor.csv``.
+        fractions: train, val and test shares.
+        corrupt_fraction: share of instances with corrupted views (``0`` = clean data).
+        corrupt_views: views replaced in each corrupted instance (1 to 5).
+        batch_size: loader batch size (``0`` = whole split).
+        seed: split and corruption seed.
+        num_workers: loader workers.
+
+    Example::
+
+        >>> from lightning_mmloss.data import UCIMultipleFeaturesDataModule
+        >>> dm = UCIMultipleFeaturesDataModule("../shared/data/uci-mfeat", corrupt_fraction=0.5)
+        >>> dm.setup("fit")
+        >>> dm.input_dims, len(dm.splits["train"])
+        ({'fou': 76, 'fac': 216, 'kar': 64, 'pix': 240, 'zer': 47, 'mor': 6}, 1200)
+    """
+
+    num_classes = 10
+
+    def __init__(
+        self,
+        data_dir: str = "../shared/data/uci-mfeat",
+        fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+        corrupt_fraction: float = 0.0,
+        corrupt_views: int = 3,
+        batch_size: int = 128,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.data_dir = str(data_dir)
+        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+            raise ValueError(
+                f"Expected argument `fractions` to be three shares >= 0 summing to 1, but got {fractions}."
+            )
+        self.fractions = tuple(float(f) for f in fractions)
+        if not 0.0 <= corrupt_fraction <= 1.0:
+            raise ValueError(f"Expected argument `corrupt_fraction` to be in [0, 1], but got {corrupt_fraction!r}.")
+        self.corrupt_fraction = float(corrupt_fraction)
+        self.corrupt_views = V.check_int("corrupt_views", corrupt_views, 1)
+        if self.corrupt_views >= len(VIEWS):
+            raise ValueError(
+                f"Expected argument `corrupt_views` to be at most {len(VIEWS) - 1}, but got {corrupt_views}."
+            )
+        self.batch_size = V.check_int("batch_size", batch_size, 0)
+        self.seed = int(seed)
+        self.num_workers = V.check_int("num_workers", num_workers, 0)
+        self.save_hyperparameters()
+        self.splits: dict[str, MultiviewDataset] = {}
+        self._dims: dict[str, int] | None = None
+
+    @property
+    def modalities(self) -> list[str]:
+        """View names."""
+        return list(VIEWS)
+
+    @property
+    def input_dims(self) -> dict[str, int]:
+        """Features per view (reads the files on first use)."""
+        if self._dims is None:
+            self.setup()
+        assert self._dims is not None
+        return self._dims
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read, split, standardise and (optionally) corrupt; deterministic by ``seed``."""
+        if self.splits:
+            return
+        views, target = load_views(self.data_dir)
+        self._dims = {k: v.shape[1] for k, v in views.items()}
+        idx = stratified_split(target, self.fractions, self.seed)  # type: ignore[arg-type]
+        train = idx[0]
+        g = torch.Generator().manual_seed(self.seed + 1)
+        for split, ids in zip(("train", "val", "test"), idx, strict=True):
+            split_views = {}
+            for name, v in views.items():
+                mean, std = v[train].mean(0), v[train].std(0).clamp_min(1e-6)
+                split_views[name] = (v[ids] - mean) / std
+            informative = torch.ones(len(ids), len(VIEWS), dtype=torch.bool)
+            if self.corrupt_fraction:
+                corrupt = torch.rand(len(ids), generator=g) < self.corrupt_fraction
+                for i in corrupt.nonzero().squeeze(1).tolist():
+                    chosen = torch.randperm(len(VIEWS), generator=g)[: self.corrupt_views]
+                    informative[i, chosen] = False
+                for m, name in enumerate(VIEWS):
+                    bad = ~informative[:, m]
+                    noise = torch.randn(int(bad.sum()), self._dims[name], generator=g)
+                    split_views[name][bad] = noise
+            self.splits[split] = MultiviewDataset(split_views, target[ids], informative)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.splits[split]
+        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(ds, self.batch_size or len(ds), shuffle=shuffle, num_workers=self.num_workers, generator=gen)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches."""
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches."""
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches."""
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, for ``predict``."""
+        return self._loader("test", False)

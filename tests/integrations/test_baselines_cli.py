@@ -1,0 +1,137 @@
+"""Every fusion learns in a tiny fit; the CLI's compare and LightningCLI subcommands run."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from lightning_mmloss.classifier import FUSIONS, MultimodalClassifier
+from lightning_mmloss.cli import main
+from lightning_mmloss.compare import evaluate
+from lightning_mmloss.data import SyntheticMultimodalDataModule
+from tests.helpers.models import trainer
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_each_fusion_learns(tmp_path: Path, fusion: str) -> None:
+    L.seed_everything(0)
+    dm = SyntheticMultimodalDataModule("ehh", preset="tiny", batch_size=50)
+    dm.setup()
+    model = MultimodalClassifier(dm.modalities, dm.input_dims, dm.num_classes, fusion=fusion, hidden=[16], lr=1e-2)
+    trainer(tmp_path, max_epochs=15).fit(model, dm)
+    row = evaluate(model, dm.splits["test"])
+    assert row["test_acc"] > 0.8, row  # tiny preset: signal 2.0, chance 0.5
+    out = trainer(tmp_path).predict(model, dm.test_dataloader())[0]
+    assert out["probs"].shape == (50, 2) and out["unimodal_probs"].shape == (50, 3, 2)
+
+
+def test_ogm_ge_scales_the_dominant_modality(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    dm = SyntheticMultimodalDataModule("ehh", preset="tiny", batch_size=200)
+    dm.setup()
+    model = MultimodalClassifier(dm.modalities, dm.input_dims, 2, fusion="ogm_ge", hidden=[16], lr=1e-2, ogm_alpha=0.5)
+    t = trainer(tmp_path, max_epochs=10)
+    t.fit(model, dm)
+    k = {m: float(t.callback_metrics[f"train/ogm_coeff/{m}"]) for m in dm.modalities}
+    assert k["m1"] < 0.9 and k["m2"] == 1.0 and k["m3"] == 1.0, k  # only the informative head is slowed
+    # the modulation itself: gradients of m1's head scaled by k, the others untouched
+    model._ogm_coeff = torch.tensor([0.5, 1.0, 1.0])
+    model.hparams["ogm_gaussian"] = False
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    model.on_before_optimizer_step(None)
+    assert all(torch.all(p.grad == 0.5) for p in model.heads["m1"].parameters())
+    assert all(torch.all(p.grad == 1.0) for p in model.heads["m2"].parameters())
+
+
+def test_compare_smoke(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    main(
+        [
+            "compare",
+            "--scenario",
+            "instance",
+            "--preset",
+            "tiny",
+            "--seeds",
+            "2",
+            "--epochs",
+            "2",
+            "--fusions",
+            "mm,sum,ogm_ge",
+            "--hidden",
+            "8",
+            "--output",
+            str(out),
+        ]
+    )
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["fusion"], r["seed"]) for r in rows] == [
+        ("mm", "0"),
+        ("sum", "0"),
+        ("ogm_ge", "0"),
+        ("mm", "1"),
+        ("sum", "1"),
+        ("ogm_ge", "1"),
+    ]
+    assert {"test_acc", "m1_acc", "m1_ece", "attr_shapley", "attr_weight", "train_seconds"} <= set(rows[0])
+    assert rows[0]["attr_shapley"] != "" and rows[1]["attr_shapley"] == ""
+    md = (out / "results.md").read_text()
+    assert "| mm |" in md and "± " in md
+    assert (out / "results.png").stat().st_size > 5000
+    assert any((out / "tensorboard" / "mm" / "seed1").glob("events.out.tfevents.*"))
+
+
+def test_compare_rejects_unknown_fusion(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match=r"--fusions takes names from mm,sum,concat,late,ogm_ge, got \['avg'\]"):
+        main(["compare", "--fusions", "mm,avg", "--output", str(tmp_path)])
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_mmloss.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=170
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+QUICK = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1"]
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("config", sorted((ROOT / "examples" / "configs").glob("*.yaml")), ids=lambda p: p.stem)
+def test_lightning_cli_fit_with_each_config(tmp_path: Path, config: Path) -> None:
+    _cli("fit", "--config", str(config), *QUICK, f"--trainer.default_root_dir={tmp_path}", cwd=ROOT)
+    assert any(tmp_path.rglob("events.out.tfevents.*")) and any(tmp_path.rglob("*.ckpt"))
+
+
+@pytest.mark.timeout(180)
+def test_lightning_cli_test_and_predict_from_checkpoint(tmp_path: Path) -> None:
+    config = str(ROOT / "examples" / "configs" / "synthetic_ehh.yaml")
+    fit = ["--config", config, *QUICK, f"--trainer.default_root_dir={tmp_path}", "--model.fusion=late"]
+    _cli("fit", *fit, "--trainer.callbacks=[]", cwd=ROOT)
+    ckpt = str(next(tmp_path.rglob("*.ckpt")))
+    common = [
+        "--config",
+        config,
+        f"--trainer.default_root_dir={tmp_path}",
+        "--model.fusion=late",
+        f"--ckpt_path={ckpt}",
+    ]
+    out = _cli("test", *common, "--trainer.callbacks=[]", cwd=ROOT)
+    assert "test/acc" in out.stdout
+    _cli("predict", *common, "--trainer.callbacks=[]", cwd=ROOT)
+
+
+def test_cli_usage(capsys: pytest.CaptureFixture[str]) -> None:
+    main([])
+    assert "compare" in capsys.readouterr().out

@@ -1,0 +1,104 @@
+"""Data modules: shapes, determinism, ground truth, errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from lightning_mmloss.data import SyntheticMultimodalDataModule, UCIMultipleFeaturesDataModule
+
+UCI = Path(__file__).resolve().parents[3] / "shared" / "data" / "uci-mfeat"
+
+
+@pytest.mark.parametrize("scenario", ["ehh", "instance", "conflict"])
+def test_synthetic_shapes_and_determinism(scenario: str) -> None:
+    a = SyntheticMultimodalDataModule(scenario, preset="tiny", num_classes=3, seed=4)
+    b = SyntheticMultimodalDataModule(scenario, preset="tiny", num_classes=3, seed=4)
+    c = SyntheticMultimodalDataModule(scenario, preset="tiny", num_classes=3, seed=5)
+    for dm in (a, b, c):
+        dm.setup()
+    assert a.modalities == ["m1", "m2", "m3"] and a.input_dims == {"m1": 8, "m2": 8, "m3": 8}
+    for split, n in (("train", 200), ("val", 100), ("test", 100)):
+        batch = a.splits[split].as_batch()
+        assert batch["m1"].shape == (n, 8) and batch["target"].shape == (n,) and batch["informative"].shape == (n, 3)
+        assert torch.equal(batch["m2"], b.splits[split].as_batch()["m2"])
+        assert not torch.equal(batch["m2"], c.splits[split].as_batch()["m2"])
+    assert not torch.equal(a.splits["train"].views["m1"], a.splits["test"].views["m1"][:100].repeat(2, 1))
+
+
+def test_synthetic_ground_truth_matches_the_signal() -> None:
+    # with a strong signal, a nearest-class-mean rule on one modality is right where (and only
+    # where) that modality is informative
+    dm = SyntheticMultimodalDataModule("instance", preset="tiny", num_features=40, n_train=3000, signal=6.0, seed=1)
+    dm.setup()
+    b = dm.splits["train"].as_batch()
+    for m, name in enumerate(dm.modalities):
+        x, y, inf = b[name], b["target"], b["informative"][:, m]
+        means = torch.stack([x[inf & (y == c)].mean(0) for c in range(2)])
+        pred = torch.cdist(x, means).argmin(1)
+        assert (pred[inf] == y[inf]).float().mean() > 0.95
+        assert abs((pred[~inf] == y[~inf]).float().mean() - 0.5) < 0.1
+    subsets = b["informative"].long() @ torch.tensor([1, 2, 4])
+    assert subsets.min() >= 1 and len(subsets.unique()) == 7  # every non-empty subset occurs
+
+
+def test_synthetic_ehh_and_conflict_ground_truth() -> None:
+    ehh = SyntheticMultimodalDataModule("ehh", preset="tiny")
+    ehh.setup()
+    inf = ehh.splits["train"].informative
+    assert inf[:, 0].all() and not inf[:, 1:].any()
+    conflict = SyntheticMultimodalDataModule("conflict", preset="tiny", n_train=2000, conflict_fraction=0.3)
+    conflict.setup()
+    inf = conflict.splits["train"].informative
+    assert inf[:, 1].all() and not inf[:, 2].any()
+    assert 0.25 < (~inf[:, 0]).float().mean() < 0.35  # the misleading share of m1
+
+
+def test_synthetic_errors() -> None:
+    with pytest.raises(ValueError, match=r"`scenario` to be one of \('ehh', 'instance', 'conflict'\)"):
+        SyntheticMultimodalDataModule("noise")
+    with pytest.raises(ValueError, match=r"`preset` to be one of"):
+        SyntheticMultimodalDataModule(preset="huge")
+    with pytest.raises(ValueError, match=r"`conflict_fraction` to be in \[0, 1\]"):
+        SyntheticMultimodalDataModule("conflict", conflict_fraction=1.5)
+
+
+def test_uci_split_standardisation_and_corruption() -> None:
+    dm = UCIMultipleFeaturesDataModule(str(UCI), seed=3)
+    dm.setup()
+    assert dm.input_dims == {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
+    sizes = {k: len(v) for k, v in dm.splits.items()}
+    assert sizes == {"train": 1200, "val": 400, "test": 400}
+    for split in dm.splits.values():  # stratified: 10 classes in equal shares
+        assert torch.bincount(split.target, minlength=10).tolist() == [len(split) // 10] * 10
+    train = dm.splits["train"].views["pix"]
+    torch.testing.assert_close(train.mean(0), torch.zeros(240), atol=1e-4, rtol=0)
+    assert dm.splits["train"].informative.all()
+    again = UCIMultipleFeaturesDataModule(str(UCI), seed=3)
+    again.setup()
+    assert torch.equal(again.splits["test"].views["fou"], dm.splits["test"].views["fou"])
+
+    bad = UCIMultipleFeaturesDataModule(str(UCI), seed=3, corrupt_fraction=0.5, corrupt_views=2)
+    bad.setup()
+    inf = bad.splits["train"].informative
+    corrupted = ~inf.all(1)
+    assert 0.4 < corrupted.float().mean() < 0.6
+    assert ((~inf).sum(1)[corrupted] == 2).all()
+    clean_rows = ~corrupted
+    torch.testing.assert_close(
+        bad.splits["train"].views["kar"][clean_rows], dm.splits["train"].views["kar"][clean_rows]
+    )
+    replaced = ~inf[:, 3]
+    assert not torch.allclose(bad.splits["train"].views["pix"][replaced], train[replaced])
+
+
+def test_uci_missing_data_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"does not exist. Get the data from https://archive.ics.uci.edu"):
+        UCIMultipleFeaturesDataModule(str(tmp_path / "nowhere")).setup()
+    (tmp_path / "mfeat-fou.csv").write_text("0,1\n1,0\n")
+    with pytest.raises(FileNotFoundError, match=r"Expected the file 'mfeat-fac.csv' .* \(view 'fac'\)"):
+        UCIMultipleFeaturesDataModule(str(tmp_path)).setup()
+    with pytest.raises(ValueError, match=r"`corrupt_views` to be at most 5"):
+        UCIMultipleFeaturesDataModule(str(tmp_path), corrupt_views=6)
