@@ -135,3 +135,36 @@ def test_lightning_cli_test_and_predict_from_checkpoint(tmp_path: Path) -> None:
 def test_cli_usage(capsys: pytest.CaptureFixture[str]) -> None:
     main([])
     assert "compare" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_each_fusion_under_bf16_autocast(tmp_path: Path, fusion: str) -> None:
+    L.seed_everything(0)
+    dm = SyntheticMultimodalDataModule("instance", preset="tiny", batch_size=50)
+    model = MultimodalClassifier(["m1", "m2", "m3"], dict.fromkeys(["m1", "m2", "m3"], 8), 2, fusion=fusion, hidden=[8])
+    t = trainer(tmp_path, max_epochs=2, precision="bf16-mixed")
+    t.fit(model, dm)
+    assert torch.isfinite(t.callback_metrics["train/loss"]) and torch.isfinite(t.callback_metrics["val/loss"])
+
+
+class _SaveRankHeads(L.Callback):
+    def __init__(self, out: str) -> None:
+        self.out = out
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        state = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
+        torch.save(state, f"{self.out}/rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("fusion", ["ogm_ge", "concat"])
+def test_baselines_under_ddp_keep_replicas_identical(tmp_path: Path, fusion: str) -> None:
+    # OGM-GE's coefficients and Gaussian noise must be the same on every rank, or replicas drift
+    L.seed_everything(0)
+    dm = SyntheticMultimodalDataModule("ehh", preset="tiny", batch_size=50)
+    model = MultimodalClassifier(["m1", "m2", "m3"], dict.fromkeys(["m1", "m2", "m3"], 8), 2, fusion=fusion, hidden=[8])
+    t = trainer(tmp_path, strategy="ddp_spawn", devices=2, max_epochs=3, callbacks=[_SaveRankHeads(str(tmp_path))])
+    t.fit(model, dm)
+    r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
