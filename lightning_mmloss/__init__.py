@@ -1,12 +1,27 @@
-"""lightning-mmloss: the MultiModal loss (Moon & Lee, 2023) for PyTorch and Lightning."""
+"""lightning-mmloss: the MultiModal loss (Moon & Lee, 2023) for PyTorch and Lightning.
 
-from lightning_mmloss.callbacks import SubgroupMonitor
+``MultiModalLoss`` and ``FusionOutput`` need only torch; the Lightning pieces (mixin, callback,
+metrics) are imported on first use, so that ``from lightning_mmloss import MultiModalLoss``
+does not pay for importing Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 from lightning_mmloss.functional.fusion import FusionOutput
 from lightning_mmloss.loss import MultiModalLoss
-from lightning_mmloss.metrics import ModalityAgreement, ModalityReliability, SubgroupStatistics
-from lightning_mmloss.mixin import MultiModalLossMixin
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "MultiModalLossMixin": "lightning_mmloss.mixin",
+    "SubgroupMonitor": "lightning_mmloss.callbacks",
+    "ModalityAgreement": "lightning_mmloss.metrics",
+    "ModalityReliability": "lightning_mmloss.metrics",
+    "SubgroupStatistics": "lightning_mmloss.metrics",
+}
 
 __all__ = [
     "FusionOutput",
@@ -18,3 +33,13 @@ __all__ = [
     "SubgroupStatistics",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lightning_mmloss' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -230,3 +230,15 @@ def test_double_backward_is_refused_clearly_by_fused_backend() -> None:
     (g,) = torch.autograd.grad(crit(u, torch.tensor([0, 1, 2, 0])), u, create_graph=True)
     with pytest.raises(RuntimeError, match=r"once_differentiable"):
         g.sum().backward()
+
+
+def test_plain_torch_import_does_not_load_lightning() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, lightning_mmloss; assert 'lightning' not in sys.modules, 'lightning imported'; print('ok')"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    from lightning_mmloss import MultiModalLossMixin, SubgroupMonitor  # the lazy names resolve
+
+    assert MultiModalLossMixin.__name__ == "MultiModalLossMixin" and SubgroupMonitor.__name__ == "SubgroupMonitor"
