@@ -329,15 +329,14 @@ def subgroup_statistics(
     """Occupancy and behaviour of the learned subgroups (proxies).
 
     Returns:
-        - ``occupancy`` ``(C, K)``: instances whose most similar proxy is ``(c, k)``;
-        - ``accuracy`` ``(C, K)``: fused accuracy of those instances (NaN when empty);
-        - ``active``: subgroups with at least one instance; ``active_per_class`` ``(C,)``;
-        - ``usage_entropy``: entropy of the occupancy over all ``C*K`` subgroups, divided by
-          ``log(C*K)`` (1 = uniform use); ``usage_entropy_per_class`` ``(C,)`` likewise over ``K``;
-        - ``profile`` ``(C, K, M)``: mean score each modality gives the subgroup's class, over its
-          members: which modalities a subgroup trusts;
-        - ``class_modality_weights`` ``(C, M)``: mean modality weights of the instances predicted
-          as each class.
+        A dict with ``occupancy`` ``(C, K)`` (instances whose most similar proxy is ``(c, k)``);
+        ``accuracy`` ``(C, K)`` (fused accuracy of those instances, NaN when empty); ``active``
+        (subgroups with at least one instance) and ``active_per_class`` ``(C,)``;
+        ``usage_entropy`` (entropy of the occupancy over all ``C*K`` subgroups divided by
+        ``log(C*K)``, 1 = uniform use) and ``usage_entropy_per_class`` ``(C,)`` (likewise over
+        ``K``); ``profile`` ``(C, K, M)`` (mean score each modality gives the subgroup's class
+        over its members: which modalities a subgroup trusts); ``class_modality_weights``
+        ``(C, M)`` (mean modality weights of the instances predicted as each class).
 
     Example::
 
