@@ -35,6 +35,16 @@ def evaluate(model: MultimodalClassifier, dataset: MultiviewDataset, chunk: int 
     Attribution (only where the data say which modalities are informative, and only for the
     MultiModal loss): among correctly classified instances, the share whose top modality by exact
     Shapley value (``attr_shapley``) and by modality weight (``attr_weight``) is informative.
+
+    Example::
+
+        >>> from lightning_mmloss.classifier import MultimodalClassifier
+        >>> from lightning_mmloss.data import SyntheticMultimodalDataModule
+        >>> dm = SyntheticMultimodalDataModule("instance", preset="tiny")
+        >>> dm.setup()
+        >>> model = MultimodalClassifier(dm.modalities, dm.input_dims, 2, fusion="mm", proxies_per_class=3)
+        >>> sorted(evaluate(model, dm.splits["test"]))[:4]
+        ['attr_shapley', 'attr_weight', 'm1_acc', 'm1_ece']
     """
     model.eval()
     names = model.modality_names

@@ -34,6 +34,14 @@ def subgroup_profile_figure(
         class_names: optional ``C`` class labels.
         max_rows: most rows drawn.
         annotate: write each cell's value in it (slower to render).
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss.plotting import subgroup_profile_figure
+        >>> fig = subgroup_profile_figure(torch.rand(2, 3, 2), torch.tensor([[4.0, 0, 1], [2, 2, 0]]), ["a", "b"])
+        >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
+        ['0/0 (4)', '0/2 (1)', '1/0 (2)', '1/1 (2)']
     """
     C, K, M = profile.shape
     counts = occupancy.flatten().double().cpu()
@@ -61,7 +69,15 @@ def subgroup_profile_figure(
 
 
 def agreement_matrix_figure(pairwise: Tensor, modality_names: Sequence[str]) -> Figure:
-    """Heatmap of the ``(M, M)`` pairwise agreement matrix (share of equal predictions)."""
+    """Heatmap of the ``(M, M)`` pairwise agreement matrix (share of equal predictions).
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss.plotting import agreement_matrix_figure
+        >>> fig = agreement_matrix_figure(torch.tensor([[1.0, 0.4], [0.4, 1.0]]), ["audio", "video"])
+        >>> fig.savefig("/dev/null", format="png")
+    """
     M = pairwise.shape[0]
     values = pairwise.double().cpu()
     side = 0.7 * M

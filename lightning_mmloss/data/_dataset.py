@@ -17,6 +17,15 @@ class MultiviewDataset(Dataset):
         target: ``(N,)`` class indices.
         informative: optional ``(N, M)`` bool ground truth: ``True`` where the view carries the
             class signal (views in the order of ``views``).
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss.data import MultiviewDataset
+        >>> ds = MultiviewDataset({"a": torch.zeros(3, 2), "b": torch.ones(3, 4)}, torch.tensor([0, 1, 0]))
+        >>> item = ds[1]
+        >>> sorted(item), item["b"].shape, item["informative"].tolist()
+        (['a', 'b', 'informative', 'target'], torch.Size([4]), [True, True])
     """
 
     def __init__(self, views: Mapping[str, Tensor], target: Tensor, informative: Tensor | None = None) -> None:

@@ -66,6 +66,15 @@ class FusionOutput:
         unimodal_probs: per-modality scores ``p`` (zero for absent modalities), ``(B, M, C)``.
         modality_weights: share of each modality in the attended sum for the predicted class,
             ``(B, M)``, rows sum to one (all zeros when every modality is absent).
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss import MultiModalLoss
+        >>> _ = torch.manual_seed(0)
+        >>> out = MultiModalLoss(num_classes=3, num_modalities=2, proxies_per_class=4).fuse(torch.randn(5, 2, 3))
+        >>> out.probs.shape, out.preds.shape, bool((out.subgroup_class * 4 + out.subgroup_proxy == out.subgroup).all())
+        (torch.Size([5, 3]), torch.Size([5]), True)
     """
 
     logits: Tensor
@@ -578,6 +587,16 @@ def cross_entropy_from_fused(
 
     An empty batch, or a ``"mean"`` over a batch whose targets are all ``ignore_index``
     (``num_valid == 0``), gives a zero that is still connected to the graph, instead of NaN.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss.functional import cross_entropy_from_fused
+        >>> logits = torch.zeros(4, 2, requires_grad=True)
+        >>> cross_entropy_from_fused(logits, torch.tensor([0, 1, 0, 1]))
+        tensor(0.6931, grad_fn=<NllLossBackward0>)
+        >>> cross_entropy_from_fused(logits, torch.full((4,), -100), num_valid=0)
+        tensor(0., grad_fn=<MulBackward0>)
     """
     # no autocast guard needed: the fused logits are float32/64 and autocast runs
     # cross-entropy in float32 anyway

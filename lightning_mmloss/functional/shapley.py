@@ -25,6 +25,16 @@ def shapley_coefficients(num_modalities: int, dtype: torch.dtype = torch.float64
         ``masks`` bool ``(2^M, M)`` (row ``s`` is the bit pattern of ``s``) and ``coef``
         ``(M, 2^M)`` such that ``phi = coef @ values`` for values ``(2^M, ...)``:
         ``phi_m = sum_{S not containing m} |S|! (M-|S|-1)! / M! * (v(S + m) - v(S))``.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss.functional import shapley_coefficients
+        >>> masks, coef = shapley_coefficients(2)
+        >>> masks.tolist()
+        [[False, False], [True, False], [False, True], [True, True]]
+        >>> coef @ torch.tensor([0.0, 1.0, 2.0, 4.0], dtype=torch.float64)  # v(empty), v(0), v(1), v(both)
+        tensor([1.5000, 2.5000], dtype=torch.float64)
     """
     M = num_modalities
     n = 1 << M
