@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 
 class MultiviewDataset(Dataset):
@@ -54,3 +55,37 @@ class MultiviewDataset(Dataset):
     def as_batch(self) -> dict[str, Tensor]:
         """The whole dataset as one batch dict (for evaluation and attribution)."""
         return {**self.views, "target": self.target, "informative": self.informative}
+
+
+class _SplitsDataModule(L.LightningDataModule):
+    """Loaders over ``self.splits`` (train, val, test), shared by the data modules.
+
+    Subclasses fill ``self.splits`` in ``setup`` and set ``batch_size`` (``0`` = a whole split
+    per batch), ``num_workers`` and ``seed`` (which also fixes the training shuffle).
+    """
+
+    splits: dict[str, MultiviewDataset]
+    batch_size: int
+    num_workers: int
+    seed: int
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.splits[split]
+        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
+        return DataLoader(ds, self.batch_size or len(ds), shuffle=shuffle, num_workers=self.num_workers, generator=gen)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches."""
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation batches."""
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches."""
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split, for ``predict``."""
+        return self._loader("test", False)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import lightning as L
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from lightning_mmloss import _validation as V
-from lightning_mmloss.data._dataset import MultiviewDataset
+from lightning_mmloss.data._dataset import MultiviewDataset, _SplitsDataModule
 
 SCENARIOS = ("ehh", "instance", "conflict")
 # Sizes per preset. ``signal`` is the distance between a class mean and the origin, in units of
@@ -45,7 +43,7 @@ def _class_means(num_classes: int, num_modalities: int, dim: int, signal: float,
     return means
 
 
-class SyntheticMultimodalDataModule(L.LightningDataModule):
+class SyntheticMultimodalDataModule(_SplitsDataModule):
     """Synthetic multimodal classification where the truly informative modalities are known.
 
     Scenarios (``M`` modalities ``m1..mM`` of ``num_features`` each, Gaussian noise of unit
@@ -173,25 +171,3 @@ class SyntheticMultimodalDataModule(L.LightningDataModule):
                 "val": self.generate(self.n_val, 1),
                 "test": self.generate(self.n_test, 2),
             }
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        ds = self.splits[split]
-        bs = self.batch_size or len(ds)
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(ds, batch_size=bs, shuffle=shuffle, num_workers=self.num_workers, generator=gen)
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches."""
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches."""
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches."""
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """The test split, for ``predict``."""
-        return self._loader("test", False)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader
 
 from lightning_mmloss import _validation as V
-from lightning_mmloss.data._dataset import MultiviewDataset
+from lightning_mmloss.data._dataset import MultiviewDataset, _SplitsDataModule
 
 VIEWS = {
     "fou": "mfeat-fou.csv",  # 76 Fourier coefficients of the character shapes
@@ -63,7 +61,7 @@ def stratified_split(target: Tensor, fractions: tuple[float, float, float], seed
     return [torch.cat(p).sort().values for p in parts]
 
 
-class UCIMultipleFeaturesDataModule(L.LightningDataModule):
+class UCIMultipleFeaturesDataModule(_SplitsDataModule):
     """UCI Multiple Features: 2000 handwritten digits (10 classes), six views of each.
 
     Stratified train/val/test split by ``seed``; each view standardised with the training
@@ -162,24 +160,3 @@ class UCIMultipleFeaturesDataModule(L.LightningDataModule):
                     noise = torch.randn(int(bad.sum()), self._dims[name], generator=g)
                     split_views[name][bad] = noise
             self.splits[split] = MultiviewDataset(split_views, target[ids], informative)
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        ds = self.splits[split]
-        gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(ds, self.batch_size or len(ds), shuffle=shuffle, num_workers=self.num_workers, generator=gen)
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches."""
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches."""
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        """Test batches."""
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """The test split, for ``predict``."""
-        return self._loader("test", False)
