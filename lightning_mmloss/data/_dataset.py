@@ -72,7 +72,9 @@ class _SplitsDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.splits[split]
         gen = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(ds, self.batch_size or len(ds), shuffle=shuffle, num_workers=self.num_workers, generator=gen)
+        # keywords only: Lightning re-creates loaders (predict) from their captured keyword arguments
+        bs = self.batch_size or len(ds)
+        return DataLoader(ds, batch_size=bs, shuffle=shuffle, num_workers=self.num_workers, generator=gen)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches."""
