@@ -185,11 +185,13 @@ class MultimodalClassifier(MultiModalLossMixin, L.LightningModule):
         y = self.get_target(batch)
         logits = self.fused_logits(u).float()
         loss = F.cross_entropy(logits, y)
+        probs = logits.detach().softmax(-1)
         acc = self.mm_val_acc if stage == "val" else self.mm_test_acc
         acc(logits.argmax(-1), y)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
         self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True)
-        return {"loss": loss, "target": y}
+        # what SubgroupMonitor reads for a fusion without subgroups
+        return {"loss": loss, "target": y, "unimodal_probs": u.detach().float().softmax(-1), "fused_probs": probs}
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """``probs``, ``preds``, ``unimodal_probs`` (and for ``"mm"`` ``subgroup``, ``modality_weights``)."""

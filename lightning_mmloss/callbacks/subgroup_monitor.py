@@ -68,8 +68,12 @@ class SubgroupMonitor(Callback):
       the rest of the monitor together);
     - a rich table on rank zero (``print_summary``).
 
-    The model must use :class:`~lightning_mmloss.MultiModalLossMixin` (its validation/test steps
-    return what this callback reads). Batches whose target is ``ignore_index`` are left out.
+    The model should use :class:`~lightning_mmloss.MultiModalLossMixin` (its validation/test steps
+    return what this callback reads). Batches whose target is ``ignore_index`` are left out. A
+    model without the MultiModal loss that has ``modality_names`` and ``num_classes`` and whose
+    steps return ``unimodal_probs``, ``fused_probs`` and ``target`` (e.g.
+    :class:`~lightning_mmloss.classifier.MultimodalClassifier` with a baseline fusion) gets the
+    reliability and agreement part only.
 
     Args:
         every_n_epochs: run on validation epochs ``0, n, 2n, ...``.
@@ -132,18 +136,31 @@ class SubgroupMonitor(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        loss = self._loss_of(pl_module)
-        names = list(loss.modality_names) if loss.modality_names else [str(i) for i in range(loss.num_modalities)]
+        loss = getattr(pl_module, "mm_loss", None)
+        if isinstance(loss, MultiModalLoss):
+            names = list(loss.modality_names) if loss.modality_names else [str(i) for i in range(loss.num_modalities)]
+            num_classes, ignore_index = loss.num_classes, loss.ignore_index
+        elif isinstance(getattr(pl_module, "modality_names", None), list) and isinstance(
+            getattr(pl_module, "num_classes", None), int
+        ):
+            # a model with another fusion (e.g. MultimodalClassifier(fusion="sum")): reliability and
+            # agreement only, from the 'unimodal_probs' and 'fused_probs' its steps return
+            names, num_classes, ignore_index, loss = list(pl_module.modality_names), pl_module.num_classes, -100, None
+            if self.shapley:
+                raise ValueError("Expected `shapley=False` for a model without the MultiModal loss, but got True.")
+        else:
+            self._loss_of(pl_module)  # raises with what to fix
         self._names = names
-        self._ignore_index = loss.ignore_index
-        self._num_classes, self._K = loss.num_classes, loss.proxies_per_class
+        self._ignore_index = ignore_index
+        self._has_subgroups = loss is not None
         for prefix in ("val", "test"):
             self._metrics[prefix] = {
-                "reliability": ModalityReliability(names, loss.num_classes, n_bins=self.n_bins),
+                "reliability": ModalityReliability(names, num_classes, n_bins=self.n_bins),
                 "agreement": ModalityAgreement(names),
-                "subgroups": SubgroupStatistics(loss.num_classes, loss.proxies_per_class, names),
-                "shapley": _ShapleySummary(len(names)),
             }
+            if loss is not None:
+                self._metrics[prefix]["subgroups"] = SubgroupStatistics(num_classes, loss.proxies_per_class, names)
+                self._metrics[prefix]["shapley"] = _ShapleySummary(len(names))
         if (
             self.images_every_n_epochs is not None
             and self._tensorboard(trainer) is None
@@ -167,6 +184,9 @@ class SubgroupMonitor(Callback):
 
     # -- accumulation -----------------------------------------------------------------------
     def _update(self, prefix: str, pl_module: LightningModule, outputs: Any) -> None:
+        if not self._has_subgroups and isinstance(outputs, dict) and "fused_probs" in outputs:
+            self._update_probs_only(prefix, outputs)
+            return
         if not isinstance(outputs, dict) or not isinstance(outputs.get("fusion"), FusionOutput):
             raise RuntimeError(
                 "SubgroupMonitor expects the validation/test step to return MultiModalLossMixin's dict "
@@ -192,6 +212,15 @@ class SubgroupMonitor(Callback):
             if not bool(keep.all()):
                 u = u[keep]
             metrics["shapley"].update(self._loss_of(pl_module).shapley(u, modality_mask=mask))
+
+    def _update_probs_only(self, prefix: str, outputs: dict[str, Any]) -> None:
+        target: Tensor = outputs["target"]
+        mask: Tensor | None = outputs.get("modality_mask")
+        metrics = self._metrics[prefix]
+        for m in metrics.values():
+            m.to(target.device)
+        for name in ("reliability", "agreement"):
+            metrics[name].update(outputs["unimodal_probs"], outputs["fused_probs"], target, mask)
 
     @override
     def on_validation_batch_end(
@@ -231,14 +260,14 @@ class SubgroupMonitor(Callback):
     def compute(self, prefix: str = "val") -> dict[str, Any]:
         """The three (four with Shapley) metric groups for ``prefix`` ("val" or "test"), synchronised."""
         metrics = self._metrics[prefix]
-        out = {k: metrics[k].compute() for k in ("reliability", "agreement", "subgroups")}
+        out = {k: metrics[k].compute() for k in ("reliability", "agreement", "subgroups") if k in metrics}
         if self.shapley:
             out["shapley"] = metrics["shapley"].compute()
         return out
 
     def _finish(self, prefix: str, trainer: Trainer, pl_module: LightningModule) -> None:
         metrics = self._metrics[prefix]
-        if int(metrics["subgroups"].count.sum()) == 0 and not torch.distributed.is_initialized():
+        if int(metrics["reliability"].count.sum()) == 0 and not torch.distributed.is_initialized():
             return  # nothing seen (e.g. limit_val_batches=0)
         values = self.compute(prefix)
         scalars: dict[str, float] = {}
@@ -246,9 +275,9 @@ class SubgroupMonitor(Callback):
             scalars[f"{prefix}/reliability/{key}"] = float(v)
         for rate in AGREEMENT_RATES:
             scalars[f"{prefix}/agreement/{rate}"] = float(values["agreement"][rate])
-        sub = values["subgroups"]
-        scalars[f"{prefix}/subgroups/active"] = float(sub["active"])
-        scalars[f"{prefix}/subgroups/usage_entropy"] = float(sub["usage_entropy"])
+        if "subgroups" in values:
+            scalars[f"{prefix}/subgroups/active"] = float(values["subgroups"]["active"])
+            scalars[f"{prefix}/subgroups/usage_entropy"] = float(values["subgroups"]["usage_entropy"])
         if self.shapley:
             for name, v in zip(self._names, values["shapley"]["mean"].tolist(), strict=True):
                 scalars[f"{prefix}/shapley/{name}"] = v
@@ -283,6 +312,11 @@ class SubgroupMonitor(Callback):
             return
         from lightning_mmloss.plotting import agreement_matrix_figure, subgroup_profile_figure
 
+        tb.experiment.add_figure(
+            f"{prefix}/agreement/pairwise", agreement_matrix_figure(values["agreement"]["pairwise"], self._names), step
+        )
+        if "subgroups" not in values:
+            return
         sub = values["subgroups"]
         occupancy = sub["occupancy"].flatten().double().cpu()
         n = occupancy.numel()
@@ -302,9 +336,6 @@ class SubgroupMonitor(Callback):
         tb.experiment.add_figure(
             f"{prefix}/subgroups/profile", subgroup_profile_figure(sub["profile"], sub["occupancy"], self._names), step
         )
-        tb.experiment.add_figure(
-            f"{prefix}/agreement/pairwise", agreement_matrix_figure(values["agreement"]["pairwise"], self._names), step
-        )
 
     @rank_zero_only
     def _print_table(self, prefix: str, trainer: Trainer, values: dict[str, Any]) -> None:
@@ -321,12 +352,14 @@ class SubgroupMonitor(Callback):
                 row.append(f"{float(values['shapley']['mean'][i]):+.3f}" if head != "fused" else "")
             table.add_row(f"[bold]{head}" if head == "fused" else head, *row)
         agr = values["agreement"]
-        sub = values["subgroups"]
-        caption = "  ".join(f"{rate} {float(agr[rate]):.3f}" for rate in AGREEMENT_RATES)
-        table.caption = (
-            f"agreement: {caption}\nsubgroups: {int(sub['active'])}/{sub['occupancy'].numel()} active, "
-            f"usage entropy {float(sub['usage_entropy']):.2f}"
-        )
+        caption = "agreement: " + "  ".join(f"{rate} {float(agr[rate]):.3f}" for rate in AGREEMENT_RATES)
+        if "subgroups" in values:
+            sub = values["subgroups"]
+            caption += (
+                f"\nsubgroups: {int(sub['active'])}/{sub['occupancy'].numel()} active, "
+                f"usage entropy {float(sub['usage_entropy']):.2f}"
+            )
+        table.caption = caption
         if self._console is None:
             self._console = Console()
         self._console.print(table)

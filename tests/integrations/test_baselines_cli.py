@@ -118,7 +118,7 @@ def test_lightning_cli_fit_with_each_config(tmp_path: Path, config: Path) -> Non
 def test_lightning_cli_test_and_predict_from_checkpoint(tmp_path: Path) -> None:
     config = str(ROOT / "examples" / "configs" / "synthetic_ehh.yaml")
     fit = ["--config", config, *QUICK, f"--trainer.default_root_dir={tmp_path}", "--model.fusion=late"]
-    _cli("fit", *fit, "--trainer.callbacks=[]", cwd=ROOT)
+    _cli("fit", *fit, "--trainer.callbacks=[]", cwd=ROOT)  # (the configs' monitor asks for Shapley values)
     ckpt = str(next(tmp_path.rglob("*.ckpt")))
     common = [
         "--config",

@@ -138,3 +138,21 @@ def test_monitor_argument_errors(tmp_path: Path) -> None:
 
     with pytest.raises(RuntimeError, match=r"needs a model built with MultiModalLossMixin"):
         SubgroupMonitor().setup(trainer(tmp_path), NotMM(), "fit")
+
+
+def test_baseline_fusion_gets_reliability_and_agreement_only(tmp_path: Path) -> None:
+    from lightning_mmloss.classifier import MultimodalClassifier
+    from lightning_mmloss.data import SyntheticMultimodalDataModule
+
+    dm = SyntheticMultimodalDataModule("ehh", preset="tiny", batch_size=50)
+    model = MultimodalClassifier(["m1", "m2", "m3"], dict.fromkeys(["m1", "m2", "m3"], 8), 2, fusion="sum", hidden=[8])
+    logger = TensorBoardLogger(str(tmp_path), name="tb")
+    monitor = SubgroupMonitor(images_every_n_epochs=1)
+    t = trainer(tmp_path, max_epochs=2, logger=logger, callbacks=[monitor])
+    t.fit(model, dm)
+    assert "val/reliability/m1/ece" in monitor.last_metrics and "val/agreement/conflict" in monitor.last_metrics
+    assert not any("subgroups" in k for k in monitor.last_metrics)
+    assert monitor.last_metrics["val/reliability/fused/acc"] == pytest.approx(float(t.callback_metrics["val/acc"]))
+    assert set(_events(logger.log_dir).Tags()["images"]) == {"val/agreement/pairwise"}
+    with pytest.raises(ValueError, match=r"`shapley=False` for a model without the MultiModal loss"):
+        SubgroupMonitor(shapley=True).setup(t, model, "fit")
