@@ -48,18 +48,23 @@ def evaluate(model: MultimodalClassifier, dataset: MultiviewDataset, chunk: int 
     """
     model.eval()
     names = model.modality_names
-    us, ys, infos, phis, weights = [], [], [], [], []
+    whole = dataset.as_batch()
+    us, logits, ys, infos, phis, weights = [], [], [], [], [], []
     for start in range(0, len(dataset), chunk):
-        batch = {k: v[start : start + chunk].to(model.device) for k, v in dataset.as_batch().items()}
+        batch = {k: v[start : start + chunk].to(model.device) for k, v in whole.items()}
         u = model.stacked_logits(batch).float()
+        if model.fusion == "mm":  # one fusion gives the logits and the modality weights
+            out = model.mm_loss.fuse(u)
+            logits.append(out.logits)
+            weights.append(out.modality_weights)
+            phis.append(model.mm_loss.shapley(u))
+        else:
+            logits.append(model.fused_logits(u))
         us.append(u)
         ys.append(batch["target"])
         infos.append(batch["informative"])
-        if model.fusion == "mm":
-            weights.append(model.mm_loss.fuse(u).modality_weights)
-            phis.append(model.mm_loss.shapley(u))
     u, y, informative = torch.cat(us), torch.cat(ys), torch.cat(infos)
-    fused = model.fused_logits(u).float().softmax(-1)
+    fused = torch.cat(logits).float().softmax(-1)
     rel = modality_reliability(u.softmax(-1), fused, y, modalities=names)
     row = {"test_acc": float(rel["fused/acc"]), "test_ece": float(rel["fused/ece"])}
     for m in names:
