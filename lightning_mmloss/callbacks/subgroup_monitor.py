@@ -201,8 +201,7 @@ class SubgroupMonitor(Callback):
             target = target[keep]
             mask = None if mask is None else mask[keep]
         metrics = self._metrics[prefix]
-        for m in metrics.values():
-            m.to(target.device)
+        self._to_device(metrics, target.device)
         probs = fusion.probs.detach()
         metrics["reliability"].update(fusion.unimodal_probs, probs, target, mask)
         metrics["agreement"].update(fusion.unimodal_probs, probs, target, mask)
@@ -213,12 +212,18 @@ class SubgroupMonitor(Callback):
                 u = u[keep]
             metrics["shapley"].update(self._loss_of(pl_module).shapley(u, modality_mask=mask))
 
+    @staticmethod
+    def _to_device(metrics: dict[str, Any], device: torch.device) -> None:
+        """Move the metric states to the model's device once (setup runs before the model moves)."""
+        if metrics["reliability"].device != device:
+            for m in metrics.values():
+                m.to(device)
+
     def _update_probs_only(self, prefix: str, outputs: dict[str, Any]) -> None:
         target: Tensor = outputs["target"]
         mask: Tensor | None = outputs.get("modality_mask")
         metrics = self._metrics[prefix]
-        for m in metrics.values():
-            m.to(target.device)
+        self._to_device(metrics, target.device)
         for name in ("reliability", "agreement"):
             metrics[name].update(outputs["unimodal_probs"], outputs["fused_probs"], target, mask)
 
