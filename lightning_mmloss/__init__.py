@@ -11,7 +11,7 @@ import importlib
 from typing import Any
 
 from lightning_mmloss.functional.fusion import FusionOutput
-from lightning_mmloss.loss import MultiModalLoss
+from lightning_mmloss.loss import PAPER_OPTIONS, MultiModalLoss
 
 __version__ = "0.1.0"
 
@@ -29,6 +29,7 @@ __all__ = [
     "ModalityReliability",
     "MultiModalLoss",
     "MultiModalLossMixin",
+    "PAPER_OPTIONS",
     "SubgroupMonitor",
     "SubgroupStatistics",
     "__version__",

@@ -33,6 +33,13 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
+def check_nonnegative(name: str, value: Any) -> float:
+    """A finite real number ``>= 0`` (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"Expected argument `{name}` to be a finite float >= 0, but got {value!r}.")
+    return float(value)
+
+
 def check_gamma(gamma: Any) -> float:
     """Return ``gamma`` as a float after checking that it is a finite positive number."""
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):

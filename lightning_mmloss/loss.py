@@ -16,10 +16,17 @@ from lightning_mmloss.functional.fusion import (
     UnimodalInput,
     _analytics,
     _fuse_raw,
+    _reduce_like_cross_entropy,
     cross_entropy_from_fused,
     normalized_proxies,
+    unimodal_cross_entropy,
 )
 from lightning_mmloss.functional.shapley import modality_shapley
+
+PROXY_INITS = ("class", "kaiming", "authors")
+#: The options that turn :class:`MultiModalLoss` into the paper's loss exactly (its formulation in
+#: ``shared/design/loss.md``): no auxiliary unimodal term, ``nn.Linear``-initialised proxies.
+PAPER_OPTIONS: dict[str, Any] = {"aux_weight": 0.0, "proxy_init": "kaiming"}
 
 
 class MultiModalLoss(nn.Module):
@@ -64,9 +71,22 @@ class MultiModalLoss(nn.Module):
         ignore_index: target value that is ignored, as in cross-entropy.
         reduction: ``"mean"``, ``"sum"`` or ``"none"``.
         validate_args: check values (finite logits, target range) with one device sync per call.
+        aux_weight: weight ``>= 0`` of the auxiliary unimodal cross-entropy (each present head's
+            own cross-entropy, averaged per instance) added to the fused cross-entropy. With
+            ``proxy_init="class"`` it keeps every head an honest classifier of its own
+            (``docs/method.md``); ``0`` is the paper's loss.
+        proxy_init: ``"class"`` (default: each class's proxies start on that class's columns),
+            ``"kaiming"`` (the formulation's ``nn.Linear`` initialisation) or ``"authors"``.
+            See :meth:`reset_parameters`.
+
+    The paper's exact loss is one switch away: ``MultiModalLoss(C, M, **PAPER_OPTIONS)``
+    (``aux_weight=0``, ``proxy_init="kaiming"``).
 
     Attributes:
         weight: the ``(C*K, M*C)`` proxy parameter, row ``c*K + k`` is proxy ``k`` of class ``c``.
+        temperature: buffer ``()``, the temperature of the fused probabilities returned by
+            :meth:`fuse`, :meth:`fused_logits` and :meth:`shapley` (1 until fitted on held-out
+            data, e.g. by the mixin's calibration; the training loss never uses it).
 
     Example::
 
@@ -101,6 +121,8 @@ class MultiModalLoss(nn.Module):
         ignore_index: int = -100,
         reduction: str = "mean",
         validate_args: bool = True,
+        aux_weight: float = 0.5,
+        proxy_init: str = "class",
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -133,6 +155,11 @@ class MultiModalLoss(nn.Module):
         cw = V.check_class_weight(class_weight, num_classes)
         # A buffer so that ``.to(device)`` moves it and checkpoints keep it.
         self.register_buffer("class_weight", None if cw is None else cw.to(**factory))
+        # Temperature of the fused probabilities (analytics and predictions only; the training
+        # loss uses the raw fused logits). 1 until fitted on held-out data, e.g. by the mixin.
+        self.register_buffer("temperature", torch.ones((), device=device, dtype=torch.float32))
+        self.proxy_init = V.check_choice("proxy_init", proxy_init, PROXY_INITS)
+        self.aux_weight = V.check_nonnegative("aux_weight", aux_weight)
         self.reset_parameters()
 
     # -- configuration shortcuts ----------------------------------------------------------
@@ -157,13 +184,48 @@ class MultiModalLoss(nn.Module):
         return self.spec.gamma
 
     def reset_parameters(self) -> None:
-        """Initialise ``weight`` like ``nn.Linear`` (Kaiming-uniform with ``a = sqrt(5)``)."""
+        """Initialise ``weight`` as ``proxy_init`` says (and the temperature to 1).
+
+        ``"class"``: proxy ``k`` of class ``c`` starts as "every modality's score for class ``c``"
+        (ones on the columns ``m*C + c``) plus a tenth of ``nn.Linear``'s initialisation, which
+        breaks the symmetry between the ``K`` proxies of a class. ``"kaiming"``: like
+        ``nn.Linear`` (Kaiming-uniform with ``a = sqrt(5)``, bound ``1/sqrt(M*C)``), the
+        formulation's. ``"authors"``: uniform with bound ``1/sqrt(C*K)``, as the authors' code
+        initialises its transposed layer.
+        """
+        self.temperature.fill_(1.0)
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.proxy_init == "class":
+            # Why: with random proxies, the similarity term is symmetric under renaming a head's
+            # labels, and the random start decides which naming the proxies reinforce; a head
+            # then often trains with its labels inverted. Starting each class's proxies on its
+            # own columns makes the honest naming the one the proxies already reward.
+            with torch.no_grad():
+                C, K, M = self.num_classes, self.proxies_per_class, self.num_modalities
+                eye = torch.eye(C, device=self.weight.device, dtype=self.weight.dtype)
+                align = eye.repeat_interleave(K, dim=0).repeat(1, M)
+                self.weight.mul_(0.1).add_(align)
+        elif self.proxy_init == "authors":
+            bound = 1 / math.sqrt(self.num_classes * self.proxies_per_class)
+            nn.init.uniform_(self.weight, -bound, bound)
 
     @property
     def proxies(self) -> Tensor:
         """The proxies used by the fusion, ``row_l2_normalize(clamp(weight, 0))``, ``(C*K, M*C)``."""
         return normalized_proxies(self.weight, self.spec.normalize_proxies)
+
+    def _fuse(
+        self, u: Tensor, mask: Tensor | None, analytics: bool = False, calibrated: bool = False
+    ) -> tuple[Any, ...]:
+        out = _fuse_raw(u, self.weight, mask, self.spec, analytics=analytics)
+        if not calibrated:
+            return out
+        return (out[0] / self.temperature.to(out[0].dtype), *out[1:])
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # checkpoints written before the temperature existed: load them as uncalibrated
+        state_dict.setdefault(prefix + "temperature", torch.ones(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- computation ----------------------------------------------------------------------
     def _prepare(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -175,8 +237,36 @@ class MultiModalLoss(nn.Module):
     def forward(self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None = None) -> Tensor:
         """Compute the loss. See the class docstring for the inputs."""
         u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
-        logits = _fuse_raw(u, self.weight, mask, self.spec)[0]
-        return self.loss_from_logits(logits, target, num_valid=num_valid)
+        logits = self._fuse(u, mask)[0]
+        return self._total(logits, u, target, mask, num_valid)
+
+    def loss_terms(
+        self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The two terms of the loss, reduced: ``(fused cross-entropy, auxiliary unimodal cross-entropy)``.
+
+        ``forward`` returns ``fused + aux_weight * aux``. Use this to log the terms separately.
+        """
+        u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
+        logits = self._fuse(u, mask)[0]
+        return self.loss_from_logits(logits, target, num_valid=num_valid), self._aux(u, target, mask)
+
+    def _aux(self, u: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
+        per_instance = unimodal_cross_entropy(
+            u,
+            target,
+            modality_mask=mask,
+            activation=self.spec.activation,
+            label_smoothing=self.label_smoothing,
+            ignore_index=self.ignore_index,
+        )
+        return _reduce_like_cross_entropy(per_instance, target, self.class_weight, self.ignore_index, self.reduction)
+
+    def _total(self, logits: Tensor, u: Tensor, target: Tensor, mask: Tensor | None, num_valid: int | None) -> Tensor:
+        fused = self.loss_from_logits(logits, target, num_valid=num_valid)
+        if not self.aux_weight:
+            return fused
+        return fused + self.aux_weight * self._aux(u, target, mask)
 
     def _prepare_with_target(
         self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None
@@ -211,15 +301,16 @@ class MultiModalLoss(nn.Module):
     ) -> tuple[FusionOutput, Tensor]:
         """Analytics and loss from one fusion pass (validation/test steps): ``(fuse(...), loss)``."""
         u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
-        out = _analytics(*_fuse_raw(u, self.weight, mask, self.spec, analytics=True), self.spec)
-        return out, self.loss_from_logits(out.logits, target, num_valid=num_valid)
+        raw = self._fuse(u, mask, analytics=True)
+        out = _analytics(raw[0] / self.temperature.to(raw[0].dtype), *raw[1:], self.spec)
+        return out, self._total(raw[0], u, target, mask, num_valid)
 
     def fused_logits(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> Tensor:
         """Fused logits ``(B, C)`` only: the cheap path for prediction."""
         u, mask = self._prepare(unimodal_logits, modality_mask)
         if self.validate_args:
             V.check_values(u, mask, self.spec.activation, self.modality_names)
-        return _fuse_raw(u, self.weight, mask, self.spec)[0]
+        return self._fuse(u, mask, calibrated=True)[0]
 
     def fuse(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> FusionOutput:
         """Fused logits plus per-instance analytics (subgroup, attention, similarity, weights).
@@ -230,7 +321,7 @@ class MultiModalLoss(nn.Module):
         u, mask = self._prepare(unimodal_logits, modality_mask)
         if self.validate_args:
             V.check_values(u, mask, self.spec.activation, self.modality_names)
-        return _analytics(*_fuse_raw(u, self.weight, mask, self.spec, analytics=True), self.spec)
+        return _analytics(*self._fuse(u, mask, analytics=True, calibrated=True), self.spec)
 
     def shapley(
         self,
@@ -257,6 +348,7 @@ class MultiModalLoss(nn.Module):
             backend=s.backend,
             modality_mask=mask,
             max_rows=max_rows,
+            logit_scale=self.temperature.reciprocal(),
             validate_args=self.validate_args,
         )
 
@@ -278,4 +370,7 @@ class MultiModalLoss(nn.Module):
             parts.append("normalize_proxies=False")
         if s.activation != "softmax":
             parts.append(f"activation={s.activation!r}")
+        parts.append(f"aux_weight={self.aux_weight}")
+        if self.proxy_init != "class":
+            parts.append(f"proxy_init={self.proxy_init!r}")
         return ", ".join(parts)

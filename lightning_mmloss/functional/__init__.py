@@ -11,6 +11,7 @@ from lightning_mmloss.functional.fusion import (
     multimodal_logits,
     multimodal_loss,
     normalized_proxies,
+    unimodal_cross_entropy,
 )
 from lightning_mmloss.functional.metrics import modality_agreement, modality_reliability, subgroup_statistics
 from lightning_mmloss.functional.shapley import modality_shapley, shapley_coefficients
@@ -28,4 +29,5 @@ __all__ = [
     "normalized_proxies",
     "shapley_coefficients",
     "subgroup_statistics",
+    "unimodal_cross_entropy",
 ]

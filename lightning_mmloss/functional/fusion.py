@@ -610,6 +610,71 @@ def cross_entropy_from_fused(
     )
 
 
+def unimodal_cross_entropy(
+    unimodal_logits: Tensor,
+    target: Tensor,
+    *,
+    modality_mask: Tensor | None = None,
+    activation: str = "softmax",
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+) -> Tensor:
+    """Per-instance mean cross-entropy of the present unimodal heads, ``(B,)`` (inputs already checked).
+
+    This is the auxiliary term that keeps every head a classifier in its own right: each head's
+    own argmax must name the label, which the fusion alone does not ask for (a head whose labels
+    invert serves the proxies just as well). Absent modalities are replaced before the
+    cross-entropy, so NaN placeholders stay out of the value and the gradient. Instances whose
+    target is ``ignore_index``, or that have no present modality, get ``0``.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss.functional import unimodal_cross_entropy
+        >>> u = torch.tensor([[[2.0, 0.0], [float("nan"), 0.0]]])  # B=1, M=2 (the second absent), C=2
+        >>> unimodal_cross_entropy(u, torch.tensor([0]), modality_mask=torch.tensor([[True, False]]))
+        tensor([0.1269])
+    """
+    B, M, C = unimodal_logits.shape
+    with _no_autocast(unimodal_logits.device.type):
+        u = unimodal_logits.to(_compute_dtype(unimodal_logits))
+        present = None if modality_mask is None else modality_mask[:, :, None]
+        if present is not None:
+            u = torch.where(present, u, u.new_zeros(()) if activation == "softmax" else u.new_ones(()))
+        if activation == "identity":  # scores: log of the normalised scores plays the logits' role
+            u = u.clamp_min(torch.finfo(u.dtype).tiny).log()
+        valid = target != ignore_index
+        safe = torch.where(valid, target, torch.zeros_like(target)).long()
+        ce = F.cross_entropy(
+            u.reshape(B * M, C), safe.repeat_interleave(M), reduction="none", label_smoothing=label_smoothing
+        ).view(B, M)
+        if modality_mask is None:
+            per_instance = ce.mean(dim=1)
+        else:
+            keep = modality_mask.to(ce.dtype)
+            per_instance = (ce * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+        return torch.where(valid, per_instance, per_instance.new_zeros(()))
+
+
+def _reduce_like_cross_entropy(
+    values: Tensor, target: Tensor, class_weight: Tensor | None, ignore_index: int, reduction: str
+) -> Tensor:
+    """Reduce per-instance values as ``F.cross_entropy`` reduces its terms (class weights, ignored targets)."""
+    valid = target != ignore_index
+    if class_weight is None:
+        w = valid.to(values.dtype)
+    else:
+        safe = torch.where(valid, target, torch.zeros_like(target)).long()
+        w = class_weight.to(device=values.device, dtype=values.dtype)[safe] * valid
+    if reduction == "none":
+        return values * w
+    total = (values * w).sum()
+    if reduction == "sum":
+        return total
+    # every term is zero where the weights sum to zero, so the floor only avoids 0/0
+    return total / w.sum().clamp_min(torch.finfo(values.dtype).tiny)
+
+
 def multimodal_loss(
     unimodal_logits: UnimodalInput,
     target: Tensor,

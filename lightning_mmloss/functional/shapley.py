@@ -51,7 +51,13 @@ def shapley_coefficients(num_modalities: int, dtype: torch.dtype = torch.float64
 
 
 def _coalition_probs(
-    u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, cls: Tensor, max_rows: int
+    u: Tensor,
+    weight: Tensor,
+    mask: Tensor | None,
+    spec: FusionSpec,
+    cls: Tensor,
+    max_rows: int,
+    logit_scale: Tensor | float | None = None,
 ) -> Tensor:
     """Fused probability of class ``cls`` under every coalition, ``(2^M, B)``."""
     B, M, _ = u.shape
@@ -67,6 +73,8 @@ def _coalition_probs(
             cm = cm & mask[None]
         uu = u[None].expand(S, B, *u.shape[1:]).reshape(S * B, *u.shape[1:])
         o = _fuse_raw(uu, weight, cm.reshape(S * B, M), spec)[0].view(S, B, -1)
+        if logit_scale is not None:
+            o = o * logit_scale
         values.append(o.softmax(dim=-1).gather(2, cls.view(1, B, 1).expand(S, B, 1)).squeeze(2))
     return torch.cat(values, dim=0)
 
@@ -86,6 +94,7 @@ def modality_shapley(
     modality_names: Sequence[str] | None = None,
     max_rows: int = 65536,
     validate_args: bool = True,
+    logit_scale: Tensor | float | None = None,
 ) -> Tensor:
     r"""Exact Shapley value of each modality for one class's fused probability, per instance.
 
@@ -112,6 +121,8 @@ def modality_shapley(
         modality_names: order of the keys when ``unimodal_logits`` is a mapping.
         max_rows: largest number of (coalition x instance) rows fused at once; bounds memory.
         validate_args: check that the logits are finite (one device sync).
+        logit_scale: factor applied to the fused logits before the softmax (a loss's learned
+            temperature, ``MultiModalLoss(learn_scale=True)``); ``None`` for 1.
 
     Returns:
         Tensor ``(B, M)`` of Shapley values (no gradient), in the fusion's dtype.
@@ -169,7 +180,7 @@ def modality_shapley(
             if B and (int(cls.min()) < 0 or int(cls.max()) >= C):
                 raise ValueError(f"Expected argument `target_class` to lie in [0, {C - 1}], but got {cls.tolist()}.")
         cls = cls.long()
-        values = _coalition_probs(u, weight, mask, spec, cls, max_rows)  # (2^M, B)
+        values = _coalition_probs(u, weight, mask, spec, cls, max_rows, logit_scale)  # (2^M, B)
         _, coef = shapley_coefficients(M, dtype=values.dtype)
         phi = (coef.to(values.device) @ values).t()
         if mask is not None:  # exactly zero, not a rounding residue of v(S + m) - v(S)

@@ -3,5 +3,6 @@
 from lightning_mmloss.metrics.agreement import ModalityAgreement
 from lightning_mmloss.metrics.reliability import ModalityReliability
 from lightning_mmloss.metrics.subgroups import SubgroupStatistics
+from lightning_mmloss.metrics.temperature import TemperatureFit, fit_temperature
 
-__all__ = ["ModalityAgreement", "ModalityReliability", "SubgroupStatistics"]
+__all__ = ["ModalityAgreement", "ModalityReliability", "SubgroupStatistics", "TemperatureFit", "fit_temperature"]

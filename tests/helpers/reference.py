@@ -123,3 +123,53 @@ def reference_shapley(value, M: int) -> list[float]:
             present.add(m)
             phi[m] += value(frozenset(present)) - before
     return [x / math.factorial(M) for x in phi]
+
+
+def reference_total_loss(
+    logits: Tensor,
+    u: Tensor,
+    target: Tensor,
+    aux_weight: float,
+    mask: Tensor | None = None,
+    class_weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+) -> Tensor:
+    """Fused cross-entropy plus ``aux_weight`` times each instance's mean unimodal cross-entropy.
+
+    Written per instance: term_b = w_y * (CE_smooth(o_b, y) + aux_weight * mean over present m of
+    CE_smooth(u_bm, y)); "mean" divides the sum of terms by the sum of w_y over valid instances.
+    """
+    B, M, C = u.shape
+    w = class_weight if class_weight is not None else torch.ones(C, dtype=logits.dtype)
+
+    def ce(row: Tensor, y: int) -> Tensor:
+        logp = row - torch.logsumexp(row, dim=0)
+        # label smoothing as torch defines it: (1 - eps) * nll + eps * mean over classes of -logp
+        # (class weights weigh each class's -logp in the smoothing term; applied outside here)
+        return -(1 - label_smoothing) * logp[y], -logp
+
+    terms, den = [], logits.new_zeros(())
+    for b in range(B):
+        y = int(target[b])
+        if y == ignore_index:
+            terms.append(logits.new_zeros(()))
+            continue
+        nll, neg = ce(logits[b], y)
+        fused = w[y] * nll + label_smoothing * (w * neg).sum() / C
+        aux_terms = []
+        for m in range(M):
+            if mask is not None and not bool(mask[b, m]):
+                continue
+            nll_m, neg_m = ce(u[b, m], y)
+            aux_terms.append(nll_m + label_smoothing * neg_m.sum() / C)
+        aux = sum(aux_terms) / len(aux_terms) if aux_terms else logits.new_zeros(())
+        terms.append(fused + aux_weight * w[y] * aux)
+        den = den + w[y]
+    per = torch.stack(terms)
+    if reduction == "none":
+        return per
+    if reduction == "sum":
+        return per.sum()
+    return per.sum() / den

@@ -9,7 +9,7 @@ import torch
 
 from lightning_mmloss import MultiModalLoss
 from lightning_mmloss.functional import multimodal_logits
-from tests.helpers.reference import reference_cross_entropy, reference_fuse
+from tests.helpers.reference import reference_cross_entropy, reference_fuse, reference_total_loss
 
 GRID = list(
     itertools.product(
@@ -31,6 +31,7 @@ def _inputs(B: int, M: int, C: int, activation: str = "softmax") -> torch.Tensor
 
 
 def _make(M: int, C: int, K: int, **kw) -> MultiModalLoss:
+    kw.setdefault("aux_weight", 0.0)  # the paper's loss: fused cross-entropy only (aux term: own tests)
     crit = MultiModalLoss(C, M, K, **kw).double()
     with torch.no_grad():  # some exact zeros and negative rows: exercise the clamp
         crit.weight.uniform_(-0.3, 1.0)
@@ -188,3 +189,48 @@ def test_small_gamma_uses_stable_pooling(backend: str, pooling: str) -> None:
     torch.testing.assert_close(
         torch.autograd.grad(loss, (u, crit.weight)), torch.autograd.grad(ref_loss, (u, crit.weight))
     )
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("options", ["plain", "weighted", "masked"])
+def test_auxiliary_unimodal_term_matches_reference(backend: str, reduction: str, options: str) -> None:
+    M, C, K = 3, 4, 2
+    kw: dict = {"aux_weight": 0.7, "reduction": reduction, "backend": backend}
+    cw, mask = None, None
+    if options == "weighted":
+        cw = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)
+        kw.update(class_weight=cw, label_smoothing=0.1, ignore_index=-1)
+    crit = _make(M, C, K, **kw)
+    u = _inputs(6, M, C)
+    y = torch.tensor([0, 1, 2, 3, 1, 2]) if options != "weighted" else torch.tensor([0, -1, 2, 3, 1, -1])
+    if options == "masked":
+        mask = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=torch.bool)
+        with torch.no_grad():  # absent entries are NaN placeholders: they must not reach value or gradient
+            u[~mask] = float("nan")
+    ref_logits = reference_fuse(u.nan_to_num(), crit.weight, K, mask=mask)["logits"]
+    expected = reference_total_loss(
+        ref_logits,
+        u.nan_to_num(),
+        y,
+        0.7,
+        mask,
+        cw,
+        kw.get("label_smoothing", 0.0),
+        kw.get("ignore_index", -100),
+        reduction,
+    )
+    loss = crit(u, y, modality_mask=mask)
+    torch.testing.assert_close(loss, expected)
+    g_u, g_w = torch.autograd.grad(loss.sum(), (u, crit.weight))
+    assert torch.isfinite(g_u).all()
+    u2 = u.detach().nan_to_num().requires_grad_(True)
+    ref_logits2 = reference_fuse(u2, crit.weight, K, mask=mask)["logits"]
+    expected2 = reference_total_loss(
+        ref_logits2, u2, y, 0.7, mask, cw, kw.get("label_smoothing", 0.0), kw.get("ignore_index", -100), reduction
+    )
+    r_u, r_w = torch.autograd.grad(expected2.sum(), (u2, crit.weight))
+    torch.testing.assert_close(g_u, r_u)
+    torch.testing.assert_close(g_w, r_w)
+    fused, aux = crit.loss_terms(u, y, modality_mask=mask)
+    torch.testing.assert_close(fused + 0.7 * aux, loss)

@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lightning_mmloss import MultiModalLoss
-from lightning_mmloss.metrics import ModalityAgreement, ModalityReliability, SubgroupStatistics
+from lightning_mmloss.metrics import ModalityAgreement, ModalityReliability, SubgroupStatistics, TemperatureFit
 
 NAMES = ["audio", "video", "text"]
 C, K = 4, 3
@@ -31,12 +31,13 @@ def _data():
 
 
 def _metrics():
-    return ModalityReliability(NAMES, C), ModalityAgreement(NAMES), SubgroupStatistics(C, K, NAMES)
+    return ModalityReliability(NAMES, C), ModalityAgreement(NAMES), SubgroupStatistics(C, K, NAMES), TemperatureFit()
 
 
 def _update(metrics, batch) -> None:
     out, target, mask = batch
-    rel, agr, sub = metrics
+    rel, agr, sub, temp = metrics
+    temp.update(out.logits, target)
     rel.update(out.unimodal_probs, out.probs, target, mask)
     agr.update(out.unimodal_probs, out.probs, target, mask)
     sub.update_from_fusion(out, target)
@@ -44,7 +45,8 @@ def _update(metrics, batch) -> None:
 
 def _flatten(metrics) -> dict[str, torch.Tensor]:
     flat = {}
-    for prefix, metric in zip(("rel", "agr", "sub"), metrics, strict=True):
+    flat["temperature"] = metrics[3].compute().double()
+    for prefix, metric in zip(("rel", "agr", "sub"), metrics[:3], strict=True):
         for k, v in metric.compute().items():
             flat[f"{prefix}/{k}"] = v.detach().cpu().double()
     return flat

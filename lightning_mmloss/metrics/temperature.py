@@ -1,0 +1,119 @@
+"""``TemperatureFit``: the temperature that calibrates fused logits, fitted on held-out data."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_mmloss.metrics._base import _AdditiveStateMetric
+
+# Candidate temperatures: log-spaced from 1/20 to 20, ratio about 1.064 between neighbours; the
+# minimum is then refined by a parabola through its neighbours in log T.
+_GRID_SIZE = 193
+_LOG_T_MAX = math.log(20.0)
+_MAX_ELEMENTS = 1 << 22
+
+
+def temperature_grid(dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
+    """The log-spaced candidate temperatures of :class:`TemperatureFit`, ``(193,)`` from 0.05 to 20."""
+    return torch.linspace(-_LOG_T_MAX, _LOG_T_MAX, _GRID_SIZE, dtype=dtype, device=device).exp()
+
+
+def _temperature_update(logits: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
+    """Summed NLL of ``logits / T`` for every grid temperature ``(G,)``, and the number of instances."""
+    keep = target != ignore_index
+    x = logits.detach()[keep].to(torch.float64)
+    y = target[keep].long()
+    inv_t = temperature_grid(device=x.device).reciprocal()
+    picked = x.gather(1, y.view(-1, 1)).squeeze(1)  # (N,) logit of the target class
+    per_chunk = max(1, _MAX_ELEMENTS // max(x.numel(), 1))  # bound the (G, N, C) intermediate
+    sums = []
+    for start in range(0, len(inv_t), per_chunk):
+        t = inv_t[start : start + per_chunk, None]
+        sums.append((torch.logsumexp(x[None] * t[:, :, None], dim=2) - picked[None] * t).sum(dim=1))
+    return torch.cat(sums), torch.tensor(float(y.numel()), dtype=torch.float64, device=x.device)
+
+
+def _temperature_compute(nll: Tensor, count: Tensor) -> float:
+    """The NLL-minimising temperature, refined by a parabola in log T around the best grid point."""
+    if float(count) == 0:
+        return 1.0
+    log_t = temperature_grid(device=nll.device).log()
+    i = int(nll.argmin())
+    if 0 < i < len(nll) - 1:
+        a, b, c = (float(v) for v in nll[i - 1 : i + 2])
+        curvature = a - 2 * b + c
+        if curvature > 0:  # vertex of the parabola through the three points, within one step
+            step = float(log_t[1] - log_t[0])
+            return math.exp(float(log_t[i]) + 0.5 * step * (a - c) / curvature)
+    return math.exp(float(log_t[i]))
+
+
+def fit_temperature(logits: Tensor, target: Tensor, ignore_index: int = -100) -> float:
+    """The temperature ``T`` that minimises the negative log-likelihood of ``softmax(logits / T)``.
+
+    Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", 2017): one scalar
+    fitted on held-out data; it changes the probabilities, never the predicted class.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss.metrics import fit_temperature
+        >>> _ = torch.manual_seed(0)
+        >>> target = torch.randint(0, 3, (4000,))
+        >>> x = torch.randn(4000, 3) + 2.0 * torch.nn.functional.one_hot(target, 3)
+        >>> logits = 2.0 * x   # the exact log-posterior (up to a constant) of this Gaussian model: calibrated
+        >>> t1 = fit_temperature(logits, target)
+        >>> round(t1, 1)
+        1.0
+        >>> round(fit_temperature(5.0 * logits, target) / t1, 2)   # over-confident by a factor of 5
+        5.0
+    """
+    return _temperature_compute(*_temperature_update(logits, target, ignore_index))
+
+
+class TemperatureFit(_AdditiveStateMetric):
+    """Accumulates what :func:`fit_temperature` needs over batches and processes; ``compute`` gives ``T``.
+
+    The state is the summed NLL at 193 fixed temperatures (and a count): a fixed-size sum, so an
+    epoch costs no memory and DDP reduces it like any torchmetrics state.
+
+    Args:
+        ignore_index: targets with this value are skipped.
+        kwargs: passed to :class:`torchmetrics.Metric`.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss.metrics import TemperatureFit
+        >>> fit = TemperatureFit()
+        >>> _ = torch.manual_seed(0)
+        >>> for _ in range(4):
+        ...     target = torch.randint(0, 3, (1000,))
+        ...     x = torch.randn(1000, 3) + 2.0 * torch.nn.functional.one_hot(target, 3)
+        ...     fit.update(0.5 * 2.0 * x, target)   # half the calibrated log-posterior: under-confident
+        >>> round(float(fit.compute()), 1)
+        0.5
+    """
+
+    def __init__(self, ignore_index: int = -100, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.ignore_index = int(ignore_index)
+        self._add_states(
+            {
+                "nll": torch.zeros(_GRID_SIZE, dtype=torch.float64),
+                "count": torch.zeros((), dtype=torch.float64),
+            }
+        )
+
+    def update(self, logits: Tensor, target: Tensor) -> None:
+        """Add a batch of fused logits ``(B, C)`` and targets ``(B,)``."""
+        nll, count = _temperature_update(logits, target, self.ignore_index)
+        self._accumulate({"nll": nll, "count": count})
+
+    def compute(self) -> Tensor:
+        """The fitted temperature (``1`` when nothing was seen)."""
+        return torch.tensor(_temperature_compute(self.nll, self.count), dtype=torch.float64)

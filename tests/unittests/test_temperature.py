@@ -1,0 +1,76 @@
+"""Temperature scaling: the fitted temperature against a brute-force minimisation of the NLL."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lightning_mmloss import MultiModalLoss
+from lightning_mmloss.metrics import TemperatureFit, fit_temperature
+
+
+def _brute_force(logits: torch.Tensor, target: torch.Tensor) -> float:
+    temps = torch.linspace(math.log(0.05), math.log(20.0), 20001, dtype=torch.float64).exp()
+    x = logits.double()
+    nll = torch.stack([F.cross_entropy(x / t, target) for t in temps[::10]])
+    i = int(nll.argmin()) * 10
+    fine = temps[max(i - 10, 0) : i + 11]
+    return float(fine[torch.stack([F.cross_entropy(x / t, target) for t in fine]).argmin()])
+
+
+@pytest.mark.parametrize("scale", [0.3, 1.0, 4.0])
+def test_fit_matches_brute_force(scale: float) -> None:
+    g = torch.Generator().manual_seed(1)
+    target = torch.randint(0, 5, (3000,), generator=g)
+    logits = scale * (torch.randn(3000, 5, generator=g) + 1.5 * F.one_hot(target, 5))
+    assert fit_temperature(logits, target) == pytest.approx(_brute_force(logits, target), rel=2e-3)
+
+
+def test_metric_over_batches_equals_function_and_skips_ignored() -> None:
+    g = torch.Generator().manual_seed(2)
+    target = torch.randint(0, 3, (900,), generator=g)
+    logits = 3 * torch.randn(900, 3, generator=g) + 2 * F.one_hot(target, 3)
+    noisy = target.clone()
+    noisy[::7] = -1
+    fit = TemperatureFit(ignore_index=-1)
+    for i in range(0, 900, 128):
+        fit.update(logits[i : i + 128], noisy[i : i + 128])
+    keep = noisy != -1
+    assert float(fit.compute()) == pytest.approx(fit_temperature(logits[keep], target[keep]), rel=1e-9)
+    empty = TemperatureFit()
+    empty.update(logits[:3], torch.full((3,), -100))  # only ignored targets: leave the probabilities alone
+    assert float(empty.compute()) == 1.0
+
+
+def test_loss_temperature_scales_analytics_not_training_loss() -> None:
+    torch.manual_seed(0)
+    crit = MultiModalLoss(4, 2, 3)
+    u = torch.randn(8, 2, 4)
+    y = torch.randint(0, 4, (8,))
+    before_loss, before = crit(u, y), crit.fuse(u)
+    crit.temperature.fill_(2.0)
+    after = crit.fuse(u)
+    torch.testing.assert_close(after.logits, before.logits / 2)
+    torch.testing.assert_close(crit.fused_logits(u), before.logits / 2)
+    assert torch.equal(after.preds, before.preds)
+    torch.testing.assert_close(crit(u, y), before_loss)  # training loss: raw fused logits
+    fusion, loss = crit.fuse_with_loss(u, y)
+    torch.testing.assert_close(fusion.logits, before.logits / 2)
+    torch.testing.assert_close(loss, before_loss)
+    # Shapley values explain the calibrated probabilities: efficiency with v(all) at temperature 2
+    phi = crit.shapley(u)
+    torch.testing.assert_close(phi.sum(dim=1), after.probs.max(dim=1).values - 1 / 4, atol=1e-6, rtol=0)
+
+
+def test_state_dict_keeps_temperature_and_loads_old_checkpoints() -> None:
+    crit = MultiModalLoss(3, 2, 2)
+    crit.temperature.fill_(1.7)
+    other = MultiModalLoss(3, 2, 2)
+    other.load_state_dict(crit.state_dict())
+    assert float(other.temperature) == pytest.approx(1.7)
+    old = {k: v for k, v in crit.state_dict().items() if k != "temperature"}
+    other.load_state_dict(old)  # a checkpoint from before calibration existed
+    assert float(other.temperature) == 1.0
