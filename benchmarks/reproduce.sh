@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The commands behind the tables in benchmarks/README.md ("Reproduction"). About 10 minutes on
-# 2 CPU cores; PAPER=1 adds the paper preset (one seed, about 15 minutes more).
+# 2 CPU cores; PAPER=1 adds the paper preset (one seed, about 15 minutes more); DESIGN=1 the design decisions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cli=.venv/bin/lightning-mmloss
@@ -11,4 +11,13 @@ $cli compare --data uci-mfeat --seeds 3 --proxies 10 --output runs/repro/uci_cle
 $cli compare --data uci-mfeat --corrupt-fraction 0.5 --seeds 3 --proxies 10 --output runs/repro/uci_corrupted
 if [ "${PAPER:-0}" = 1 ]; then
   $cli compare --scenario ehh --preset paper --hidden 500,100,20 --seeds 1 --output runs/repro/ehh_paper
+fi
+if [ "${DESIGN:-0}" = 1 ]; then
+  # the "Design decisions" tables of benchmarks/README.md (about 40 minutes on 2 cores)
+  dd=".venv/bin/python benchmarks/design_decisions.py"
+  $dd --candidates independent,sum,concat,late,ogm_ge,mm,mm_paper,mm_authorsinit,mm_aux0.5,mm_classinit,mm_classinit_aux0.2,mm_classinit_aux0.5,mm_classinit_aux1,mm_classinit_aux0.5_cal,mm_paper_cal,mm_classinit_aux0.5_k5,mm_classinit_aux0.5_g0.2 \
+    --scenarios ehh,instance,conflict --seeds 5 --out runs/design/synthetic
+  $dd --candidates independent,sum,concat,late,ogm_ge,mm,mm_paper --scenarios uci_clean,uci_corrupted --seeds 5 --out runs/design/uci
+  $dd --candidates late,ogm_ge,mm,mm_paper --scenarios uci_swap2,uci_swap3 --seeds 3 --out runs/design/uci_swap
+  $dd --tables-from runs/design/*/rows.csv
 fi

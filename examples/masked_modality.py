@@ -41,7 +41,7 @@ class Net(MultiModalLossMixin, L.LightningModule):
             nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 3)
         )
         self.mlp = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 3))
-        self.configure_multimodal(["image", "tabular"], num_classes=3, proxies_per_class=6, aux_weight=0.2)
+        self.configure_multimodal(["image", "tabular"], num_classes=3, proxies_per_class=6)
 
     def unimodal_logits(self, batch):
         image = torch.nan_to_num(batch["image"])  # missing images: any placeholder, masked out in the loss

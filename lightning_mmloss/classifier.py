@@ -12,9 +12,11 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_mmloss import _validation as V
+from lightning_mmloss.loss import PAPER_OPTIONS
 from lightning_mmloss.mixin import MultiModalLossMixin
 
-FUSIONS = ("mm", "sum", "concat", "late", "ogm_ge")
+FUSIONS = ("mm", "sum", "concat", "late", "ogm_ge", "independent")
+RECIPES = ("default", "paper")
 
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
@@ -36,6 +38,8 @@ class MultimodalClassifier(MultiModalLossMixin, L.LightningModule):
     - ``"sum"``: cross-entropy on the sum of the unimodal probabilities (used as logits);
     - ``"concat"``: a linear layer on the concatenated unimodal probabilities;
     - ``"late"``: the mean of the unimodal logits, plus the unimodal cross-entropies;
+    - ``"independent"``: every head trained alone on its own cross-entropy (the reference for
+      how good each head can be); the fused prediction is the mean of the unimodal logits;
     - ``"ogm_ge"``: the mean of the unimodal logits, trained with on-the-fly gradient
       modulation and Gaussian enhancement (Peng et al., CVPR 2022): per batch, each modality's
       score ``s_m = sum_i softmax(u_m)[i, y_i]`` (summed over all processes), its ratio
@@ -56,9 +60,16 @@ class MultimodalClassifier(MultiModalLossMixin, L.LightningModule):
         weight_decay: Adam weight decay.
         proxies_per_class: ``K`` (``"mm"`` only).
         gamma: temperature (``"mm"`` only).
-        aux_weight: weight of the unimodal cross-entropy added to the MultiModal loss (``"mm"``).
+        recipe: ``"mm"``: ``"default"`` (the library's defaults: honest heads, calibrated) or
+            ``"paper"`` (the paper's exact loss, :data:`~lightning_mmloss.PAPER_OPTIONS`, and no
+            calibration).
+        aux_weight: ``"mm"``: weight of the auxiliary unimodal cross-entropy (``None``: the
+            recipe's, 0.5 by default and 0 for the paper).
+        calibrate: ``"mm"``: fit the fused temperature on the validation data (``None``: the
+            recipe's).
         ogm_alpha: OGM-GE's ``alpha``.
         ogm_gaussian: add OGM-GE's Gaussian enhancement.
+        loss_options: further :class:`~lightning_mmloss.MultiModalLoss` options (``"mm"``).
 
     Example::
 
@@ -80,9 +91,12 @@ class MultimodalClassifier(MultiModalLossMixin, L.LightningModule):
         weight_decay: float = 1e-4,
         proxies_per_class: int = 20,
         gamma: float = 0.1,
-        aux_weight: float = 0.0,
+        recipe: str = "default",
+        aux_weight: float | None = None,
+        calibrate: bool | None = None,
         ogm_alpha: float = 0.1,
         ogm_gaussian: bool = True,
+        loss_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.fusion = V.check_choice("fusion", fusion, FUSIONS)
@@ -99,7 +113,19 @@ class MultimodalClassifier(MultiModalLossMixin, L.LightningModule):
         hidden = [64] if hidden is None else list(hidden)
         self.heads = nn.ModuleDict({m: mlp(int(input_dims[m]), hidden, num_classes) for m in names})
         if self.fusion == "mm":
-            self.configure_multimodal(list(names), num_classes, proxies_per_class, gamma=gamma, aux_weight=aux_weight)
+            paper = V.check_choice("recipe", recipe, RECIPES) == "paper"
+            options: dict[str, Any] = dict(PAPER_OPTIONS) if paper else {}
+            if aux_weight is not None:
+                options["aux_weight"] = aux_weight
+            options.update(loss_options or {})
+            self.configure_multimodal(
+                list(names),
+                num_classes,
+                proxies_per_class,
+                gamma=gamma,
+                calibrate=(not paper) if calibrate is None else calibrate,
+                **options,
+            )
         else:
             self.mm_val_acc = MulticlassAccuracy(num_classes, average="micro")
             self.mm_test_acc = MulticlassAccuracy(num_classes, average="micro")
@@ -124,7 +150,7 @@ class MultimodalClassifier(MultiModalLossMixin, L.LightningModule):
             return u.float().softmax(-1).sum(dim=1)
         if self.fusion == "concat":
             return self.fuser(u.softmax(-1).flatten(1))
-        return u.float().mean(dim=1)  # late, ogm_ge
+        return u.float().mean(dim=1)  # late, ogm_ge, independent
 
     # -- training ---------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
@@ -133,9 +159,13 @@ class MultimodalClassifier(MultiModalLossMixin, L.LightningModule):
             return super().training_step(batch, batch_idx)
         u = self.stacked_logits(batch)
         y = self.get_target(batch)
-        loss = F.cross_entropy(self.fused_logits(u).float(), y)
+        unimodal = F.cross_entropy(u.float().flatten(0, 1), y.repeat_interleave(u.shape[1]))
+        if self.fusion == "independent":  # each head alone: the mean of the unimodal cross-entropies
+            loss = unimodal
+        else:
+            loss = F.cross_entropy(self.fused_logits(u).float(), y)
         if self.fusion == "late":
-            loss = loss + F.cross_entropy(u.float().flatten(0, 1), y.repeat_interleave(u.shape[1]))
+            loss = loss + unimodal
         if self.fusion == "ogm_ge":
             self._ogm_coeff = self._ogm_coefficients(u.detach(), y)
             for m, k in zip(self.modality_names, self._ogm_coeff.tolist(), strict=True):
@@ -178,9 +208,9 @@ class MultimodalClassifier(MultiModalLossMixin, L.LightningModule):
             super().on_train_start()
 
     # -- evaluation -------------------------------------------------------------------------
-    def _evaluate(self, batch: Any, stage: str) -> dict[str, Any]:
+    def _evaluate(self, batch: Any, stage: str, dataloader_idx: int = 0) -> dict[str, Any]:
         if self.fusion == "mm":
-            return super()._evaluate(batch, stage)
+            return super()._evaluate(batch, stage, dataloader_idx)
         u = self.stacked_logits(batch)
         y = self.get_target(batch)
         logits = self.fused_logits(u).float()

@@ -19,6 +19,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from torch import Tensor
 
 from lightning_mmloss.classifier import FUSIONS, MultimodalClassifier
 from lightning_mmloss.data import MultiviewDataset, SyntheticMultimodalDataModule, UCIMultipleFeaturesDataModule
@@ -28,13 +29,40 @@ from lightning_mmloss.functional import modality_reliability
 DEFAULT_EPOCHS = {"synthetic": 60, "uci-mfeat": 60}
 
 
-@torch.no_grad()
-def evaluate(model: MultimodalClassifier, dataset: MultiviewDataset, chunk: int = 4096) -> dict[str, float]:
-    """Fused and per-modality accuracy and ECE on ``dataset``; attribution shares for ``"mm"``.
+def purity_gap(preds: Tensor, target: Tensor, num_classes: int) -> float:
+    """Accuracy a head would gain if each of its predicted labels were renamed to its most frequent true class.
 
-    Attribution (only where the data say which modalities are informative, and only for the
-    MultiModal loss): among correctly classified instances, the share whose top modality by exact
-    Shapley value (``attr_shapley``) and by modality weight (``attr_weight``) is informative.
+    Zero for an honest head (its labels already mean what they say); about ``2 * acc - 1`` for
+    a two-class head whose labels have inverted. A head's *own* metrics are meaningful only
+    when this gap is small.
+
+    Example::
+
+        >>> import torch
+        >>> purity_gap(torch.tensor([1, 1, 0, 0]), torch.tensor([0, 0, 1, 0]), 2)  # inverted on 3 of 4
+        0.5
+    """
+    n = max(int(target.numel()), 1)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((preds.long().cpu(), target.long().cpu()), torch.ones_like(target.cpu()), accumulate=True)
+    return float(confusion.max(dim=1).values.sum() - confusion.diagonal().sum()) / n
+
+
+FLIP_GAP = 0.1  # a head whose purity gap exceeds this is reported as flipped (a noise head: ~0.02 +- 0.02)
+
+
+@torch.no_grad()
+def evaluate(
+    model: MultimodalClassifier, dataset: MultiviewDataset, chunk: int = 4096, extra_attribution: bool = False
+) -> dict[str, float]:
+    """Fused and per-modality accuracy and ECE on ``dataset``; head honesty; attribution for ``"mm"``.
+
+    Honesty: each head's :func:`purity_gap`, their maximum (``max_purity_gap``) and the number of
+    heads above ``FLIP_GAP`` (``flipped_heads``). Attribution (only where the data say which
+    modalities are informative, and only for the MultiModal loss): among correctly classified
+    instances, the share whose top modality by exact Shapley value (``attr_shapley``) and by
+    modality weight (``attr_weight``) is informative. ``extra_attribution`` adds the candidate
+    definitions compared in ``benchmarks/design_decisions.py``.
 
     Example::
 
@@ -44,20 +72,24 @@ def evaluate(model: MultimodalClassifier, dataset: MultiviewDataset, chunk: int 
         >>> dm.setup()
         >>> model = MultimodalClassifier(dm.modalities, dm.input_dims, 2, fusion="mm", proxies_per_class=3)
         >>> sorted(evaluate(model, dm.splits["test"]))[:4]
-        ['attr_shapley', 'attr_weight', 'm1_acc', 'm1_ece']
+        ['attr_shapley', 'attr_weight', 'flipped_heads', 'm1_acc']
     """
     model.eval()
     names = model.modality_names
     whole = dataset.as_batch()
-    us, logits, ys, infos, phis, weights = [], [], [], [], [], []
+    us, logits, ys, infos = [], [], [], []
+    scores: dict[str, list[Tensor]] = {}
     for start in range(0, len(dataset), chunk):
         batch = {k: v[start : start + chunk].to(model.device) for k, v in whole.items()}
         u = model.stacked_logits(batch).float()
         if model.fusion == "mm":  # one fusion gives the logits and the modality weights
             out = model.mm_loss.fuse(u)
             logits.append(out.logits)
-            weights.append(out.modality_weights)
-            phis.append(model.mm_loss.shapley(u))
+            scores.setdefault("attr_weight", []).append(out.modality_weights)
+            scores.setdefault("attr_shapley", []).append(model.mm_loss.shapley(u))
+            if extra_attribution:
+                for key, value in _candidate_attributions(model, u, out).items():
+                    scores.setdefault(key, []).append(value)
         else:
             logits.append(model.fused_logits(u))
         us.append(u)
@@ -66,17 +98,52 @@ def evaluate(model: MultimodalClassifier, dataset: MultiviewDataset, chunk: int 
     u, y, informative = torch.cat(us), torch.cat(ys), torch.cat(infos)
     fused = torch.cat(logits).float().softmax(-1)
     rel = modality_reliability(u.softmax(-1), fused, y, modalities=names)
-    row = {"test_acc": float(rel["fused/acc"]), "test_ece": float(rel["fused/ece"])}
-    for m in names:
+    row: dict[str, float] = {"test_acc": float(rel["fused/acc"]), "test_ece": float(rel["fused/ece"])}
+    gaps = []
+    for i, m in enumerate(names):
         row[f"{m}_acc"] = float(rel[f"{m}/acc"])
         row[f"{m}_ece"] = float(rel[f"{m}/ece"])
-    if phis and not bool(informative.all()):
+        gaps.append(purity_gap(u[:, i].argmax(-1), y, u.shape[-1]))
+        row[f"{m}_purity_gap"] = gaps[-1]
+    row["max_purity_gap"] = max(gaps)
+    row["flipped_heads"] = float(sum(g > FLIP_GAP for g in gaps))
+    if scores and not bool(informative.all()):
         correct = fused.argmax(-1) == y
         idx = correct.nonzero().squeeze(1)
-        for key, scores in (("attr_shapley", torch.cat(phis)), ("attr_weight", torch.cat(weights))):
-            top = scores[idx].argmax(dim=1)
+        for key, chunks in scores.items():
+            top = torch.cat(chunks)[idx].argmax(dim=1)
             row[key] = float(informative[idx, top].float().mean()) if len(idx) else math.nan
     return row
+
+
+def _candidate_attributions(model: MultimodalClassifier, u: Tensor, out: Any) -> dict[str, Tensor]:
+    """Per-instance modality scores ``(B, M)`` under the definitions compared for issue 8."""
+    loss = model.mm_loss
+    B, M, C = u.shape
+    c_hat = out.logits.argmax(-1)
+    P = loss.proxies.detach()
+    a = (out.attention.reshape(B, -1) @ P).view(B, M, C)
+    a_c = a.gather(2, c_hat.view(B, 1, 1).expand(B, M, 1)).squeeze(2)
+    p = out.unimodal_probs
+    p_c = p.gather(2, c_hat.view(B, 1, 1).expand(B, M, 1)).squeeze(2)
+    runner_up = p.scatter(2, c_hat.view(B, 1, 1).expand(B, M, 1), -1.0).amax(dim=2)
+    full = out.probs.gather(1, c_hat[:, None]).squeeze(1)
+    loo = []
+    for m in range(M):
+        keep = torch.ones(B, M, dtype=torch.bool)
+        keep[:, m] = False
+        drop = loss.fuse(u, keep).probs.gather(1, c_hat[:, None]).squeeze(1)
+        loo.append(full - drop)
+    top = out.subgroup
+    Ptop = P[top].view(B, M, C).gather(2, c_hat.view(B, 1, 1).expand(B, M, 1)).squeeze(2)
+    return {
+        "attr_trust": a_c,
+        "attr_ap": a_c * p_c,
+        "attr_amargin": a_c * (p_c - runner_up),
+        "attr_subgroup": Ptop * p_c,
+        "attr_margin": (1 + a_c) * (p_c - runner_up),
+        "attr_loo": torch.stack(loo, dim=1),
+    }
 
 
 def _datamodule(args: argparse.Namespace, seed: int) -> L.LightningDataModule:
@@ -104,6 +171,7 @@ def run_one(args: argparse.Namespace, fusion: str, seed: int, output: Path) -> d
         weight_decay=args.weight_decay,
         proxies_per_class=args.proxies,
         gamma=args.gamma,
+        recipe=args.recipe,
         aux_weight=args.aux_weight,
     )
     trainer = L.Trainer(
@@ -138,6 +206,7 @@ def _mean_std(values: Sequence[float]) -> str:
 def summarise(rows: list[dict[str, Any]], modalities: list[str]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the mean ± std table, one row per fusion (in run order)."""
     header = ["fusion", "test acc", "test ECE", *[f"{m} acc" for m in modalities], *[f"{m} ECE" for m in modalities]]
+    header.append("flipped heads")
     if any("attr_shapley" in r for r in rows):
         header += ["attr. Shapley", "attr. weight"]
     header.append("train s")
@@ -147,6 +216,8 @@ def summarise(rows: list[dict[str, Any]], modalities: list[str]) -> tuple[list[s
         line = [fusion, _mean_std([r["test_acc"] for r in rs]), _mean_std([r["test_ece"] for r in rs])]
         line += [_mean_std([r[f"{m}_acc"] for r in rs]) for m in modalities]
         line += [_mean_std([r[f"{m}_ece"] for r in rs]) for m in modalities]
+        # heads whose own labels have inverted (purity gap > FLIP_GAP), summed over seeds
+        line.append(f"{sum(int(r.get('flipped_heads', 0)) for r in rs)} in {len(rs)} runs")
         if "attr. Shapley" in header:
             line += [_mean_std([r.get(k, math.nan) for r in rs]) for k in ("attr_shapley", "attr_weight")]
         line.append(f"{statistics.mean(r['train_seconds'] for r in rs):.1f}")
@@ -214,7 +285,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--proxies", type=int, default=20, help="MultiModal loss: proxies per class K")
     p.add_argument("--gamma", type=float, default=0.1, help="MultiModal loss: temperature")
-    p.add_argument("--aux-weight", type=float, default=0.0, help="MultiModal loss: auxiliary unimodal loss weight")
+    p.add_argument(
+        "--recipe",
+        choices=("default", "paper"),
+        default=None,
+        help="MultiModal loss: 'default' (honest heads, calibrated) or 'paper' (the paper's exact loss); "
+        "default: 'paper' with --preset paper, else 'default'",
+    )
+    p.add_argument(
+        "--aux-weight", type=float, default=None, help="MultiModal loss: auxiliary unimodal loss weight (recipe's)"
+    )
     p.add_argument("--accelerator", default="cpu")
     p.add_argument("--output", default="runs/compare", help="folder for results.csv/.md/.png and TensorBoard logs")
     return p
@@ -230,6 +310,8 @@ def compare_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if args.seeds < 1:
         raise SystemExit("lightning-mmloss compare: --seeds must be at least 1")
     args.epochs = args.epochs or DEFAULT_EPOCHS[args.data]
+    if args.recipe is None:  # the paper preset reproduces the paper's table with the paper's loss
+        args.recipe = "paper" if args.data == "synthetic" and args.preset == "paper" else "default"
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
@@ -240,6 +322,8 @@ def compare_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if args.data == "uci-mfeat" and args.corrupt_fraction:
         what += f", {args.corrupt_fraction:.0%} of instances corrupted"
     title = f"{what}: {len(fusions)} fusions x {args.seeds} seeds, {args.epochs} epochs"
+    if "mm" in fusions and args.recipe != "default":
+        title += f", mm recipe '{args.recipe}'"
     console.print(f"[bold]lightning-mmloss compare[/bold]: {title}")
     rows: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

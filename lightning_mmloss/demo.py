@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--proxies", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--aux-weight", type=float, default=0.0, help="weight of an auxiliary cross-entropy on each unimodal head"
+        "--aux-weight", type=float, default=None, help="the loss's auxiliary unimodal cross-entropy (default: 0.5)"
     )
     args = parser.parse_args(argv)
 
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     x_test, y_test = make_data(args.test_size, args.classes, args.dim, 0.35, gen)
 
     model = ThreeHeads(args.dim, args.classes)
-    criterion = MultiModalLoss(args.classes, list(MODALITIES), proxies_per_class=args.proxies, gamma=0.1)
+    options = {} if args.aux_weight is None else {"aux_weight": args.aux_weight}
+    criterion = MultiModalLoss(args.classes, list(MODALITIES), proxies_per_class=args.proxies, gamma=0.1, **options)
     # The proxies are parameters: they must be in the optimizer.
     optimizer = torch.optim.Adam([*model.parameters(), *criterion.parameters()], lr=3e-3, weight_decay=1e-4)
 
@@ -78,9 +79,6 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         for idx in perm.split(256):
             u = model(x_train[idx])
             loss = criterion(u, y_train[idx])
-            if args.aux_weight:
-                aux = nn.functional.cross_entropy(u.flatten(0, 1), y_train[idx].repeat_interleave(len(MODALITIES)))
-                loss = loss + args.aux_weight * aux
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

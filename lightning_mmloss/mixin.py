@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
@@ -14,6 +13,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_mmloss.functional.fusion import FusionOutput, UnimodalInput
 from lightning_mmloss.loss import MultiModalLoss
+from lightning_mmloss.metrics.temperature import TemperatureFit
 
 _NOT_CONFIGURED = (
     "MultiModalLossMixin is not configured: call `self.configure_multimodal(modalities=[...], num_classes=...)` "
@@ -36,8 +36,11 @@ class MultiModalLossMixin:
     (:meth:`get_modality_mask`).
 
     Logged: ``train/loss``; ``val/loss``, ``val/acc``; ``test/loss``, ``test/acc`` (epoch means,
-    synchronised across processes). With ``aux_weight > 0`` also ``train/aux_loss``: the mean
-    unimodal cross-entropy of the present heads, added to the loss with that weight.
+    synchronised across processes). With the loss's ``aux_weight > 0`` (the default) also
+    ``train/fused_loss`` and ``train/aux_loss``: the fused cross-entropy and the mean unimodal
+    cross-entropy of the present heads; ``train/loss = fused_loss + aux_weight * aux_loss``. With
+    ``calibrate=True`` (the default) also ``val/temperature``, the temperature the epoch's fused
+    probabilities used (fitted on the previous validation epoch; 1 before the first).
 
     Example::
 
@@ -63,15 +66,16 @@ class MultiModalLossMixin:
         ...                     enable_model_summary=False)
         >>> net = Net()
         >>> trainer.fit(net, loader, loader)
-        >>> sorted(trainer.callback_metrics)
-        ['train/loss', 'train/loss_epoch', 'train/loss_step', 'val/acc', 'val/loss']
+        >>> print(*sorted(trainer.callback_metrics))
+        train/aux_loss train/fused_loss train/loss train/loss_epoch train/loss_step val/acc val/loss val/temperature
+        >>> float(net.mm_loss.temperature) != 1.0   # fitted on the validation data after every epoch
+        True
         >>> out = trainer.predict(net, loader)[0]
         >>> out["probs"].shape, out["unimodal_probs"].shape, out["modality_weights"].shape
         (torch.Size([6, 3]), torch.Size([6, 2, 3]), torch.Size([6, 2]))
     """
 
     mm_loss: MultiModalLoss
-    mm_aux_weight: float
 
     def configure_multimodal(
         self,
@@ -79,7 +83,7 @@ class MultiModalLossMixin:
         num_classes: int,
         proxies_per_class: int = 20,
         *,
-        aux_weight: float = 0.0,
+        calibrate: bool = True,
         **loss_kwargs: Any,
     ) -> MultiModalLoss:
         """Create the loss (``self.mm_loss``) and the accuracy metrics.
@@ -89,9 +93,12 @@ class MultiModalLossMixin:
                 or their number.
             num_classes: number of classes ``C``.
             proxies_per_class: ``K``, subgroups per class.
-            aux_weight: weight ``>= 0`` of an auxiliary cross-entropy on each unimodal head.
-            loss_kwargs: any other :class:`~lightning_mmloss.MultiModalLoss` option (``gamma``,
-                ``pooling``, ``class_weight``, ``ignore_index``, ``backend``, ...).
+            calibrate: fit the fused probabilities' temperature (``self.mm_loss.temperature``) on
+                the first validation dataloader at the end of every validation epoch (temperature
+                scaling: the training data are fitted too well to calibrate on). Predicted classes
+                do not change; the probabilities of ``fuse``, ``predict_step`` and the monitor do.
+            loss_kwargs: any other :class:`~lightning_mmloss.MultiModalLoss` option (``aux_weight``,
+                ``gamma``, ``pooling``, ``class_weight``, ``ignore_index``, ``proxy_init``, ...).
 
         Returns:
             The created :class:`~lightning_mmloss.MultiModalLoss`.
@@ -101,14 +108,14 @@ class MultiModalLossMixin:
                 "Expected MultiModalLossMixin to be mixed into a LightningModule "
                 f"(`class Net(MultiModalLossMixin, L.LightningModule)`), but got {type(self).__name__}."
             )
-        if isinstance(aux_weight, bool) or not isinstance(aux_weight, (int, float)) or aux_weight < 0:
-            raise ValueError(f"Expected argument `aux_weight` to be a float >= 0, but got {aux_weight!r}.")
         if loss_kwargs.get("reduction", "mean") != "mean":
             raise ValueError(
                 f"Expected no `reduction` other than 'mean' in the mixin, but got {loss_kwargs['reduction']!r}."
             )
         self.mm_loss = MultiModalLoss(num_classes, modalities, proxies_per_class, **loss_kwargs)
-        self.mm_aux_weight = float(aux_weight)
+        if not isinstance(calibrate, bool):
+            raise TypeError(f"Expected argument `calibrate` to be a bool, but got {calibrate!r}.")
+        self.mm_temperature_fit = TemperatureFit(ignore_index=self.mm_loss.ignore_index) if calibrate else None
         ignore = self.mm_loss.ignore_index
         self.mm_val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore)
         self.mm_test_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore)
@@ -180,40 +187,34 @@ class MultiModalLossMixin:
             raise RuntimeError(_NOT_CONFIGURED)
         return loss
 
-    def _aux_loss(self, u: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
-        """Mean cross-entropy of the present unimodal heads (float32, outside autocast)."""
-        B, M, C = u.shape
-        loss = self._mm_loss()
-        ce = F.cross_entropy(
-            u.float().reshape(B * M, C), target.repeat_interleave(M), ignore_index=loss.ignore_index, reduction="none"
-        )
-        keep = (target != loss.ignore_index).repeat_interleave(M)
-        if mask is not None:
-            keep = keep & mask.reshape(B * M)
-        keep = keep.to(ce.dtype)
-        return (ce * keep).sum() / keep.sum().clamp_min(1.0)
-
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """MultiModal loss (plus the auxiliary unimodal loss if configured), logged as ``train/loss``."""
         loss_fn = self._mm_loss()
         u = loss_fn.stack_logits(self.unimodal_logits(batch))
         target = self.get_target(batch)
         mask = self.get_modality_mask(batch)
-        loss = loss_fn(u, target, mask)
         log = self.log  # type: ignore[attr-defined]
-        if self.mm_aux_weight:
-            aux = self._aux_loss(u, target, mask)
+        if loss_fn.aux_weight:
+            fused, aux = loss_fn.loss_terms(u, target, mask)
+            log("train/fused_loss", fused, on_step=False, on_epoch=True, sync_dist=True, batch_size=u.shape[0])
             log("train/aux_loss", aux, on_step=False, on_epoch=True, sync_dist=True, batch_size=u.shape[0])
-            loss = loss + self.mm_aux_weight * aux
+            loss = fused + loss_fn.aux_weight * aux
+        else:
+            loss = loss_fn(u, target, mask)
         log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=u.shape[0])
         return loss
 
-    def _evaluate(self, batch: Any, stage: str) -> dict[str, Any]:
+    def _evaluate(self, batch: Any, stage: str, dataloader_idx: int = 0) -> dict[str, Any]:
         loss_fn = self._mm_loss()
         u = loss_fn.stack_logits(self.unimodal_logits(batch))
         target = self.get_target(batch)
         mask = self.get_modality_mask(batch)
         fusion, loss = loss_fn.fuse_with_loss(u, target, mask)
+        fit = self.__dict__.get("_modules", {}).get("mm_temperature_fit")
+        if fit is not None and stage == "val" and dataloader_idx == 0 and not self.trainer.sanity_checking:  # type: ignore[attr-defined]
+            fit.update(fusion.logits.detach() * loss_fn.temperature, target)  # the raw fused logits
+            # the temperature these probabilities used (fitted at the end of the previous epoch)
+            self.log("val/temperature", loss_fn.temperature, on_epoch=True, batch_size=u.shape[0])  # type: ignore[attr-defined]
         acc = self.mm_val_acc if stage == "val" else self.mm_test_acc
         acc(fusion.preds, target)
         log = self.log  # type: ignore[attr-defined]
@@ -223,11 +224,11 @@ class MultiModalLossMixin:
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Loss and accuracy (``val/loss``, ``val/acc``); returns the fusion for callbacks."""
-        return self._evaluate(batch, "val")
+        return self._evaluate(batch, "val", dataloader_idx)
 
     def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
         """Loss and accuracy (``test/loss``, ``test/acc``); returns the fusion for callbacks."""
-        return self._evaluate(batch, "test")
+        return self._evaluate(batch, "test", dataloader_idx)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """Fused prediction with per-modality scores and analytics (no target needed).
@@ -246,6 +247,16 @@ class MultiModalLossMixin:
             "subgroup": fusion.subgroup,
             "modality_weights": fusion.modality_weights,
         }
+
+    def on_validation_epoch_end(self) -> None:
+        """Calibration: set the loss's temperature to the one that fits this epoch's validation data best."""
+        super().on_validation_epoch_end()  # type: ignore[misc]
+        fit = self.__dict__.get("_modules", {}).get("mm_temperature_fit")
+        if fit is None or not fit.update_called:
+            return
+        temperature = fit.compute()  # synchronised over processes: every rank sets the same value
+        self._mm_loss().temperature.fill_(float(temperature))
+        fit.reset()
 
     def on_train_start(self) -> None:
         """Warn once when the proxies are trainable but in no optimizer (they would never move)."""

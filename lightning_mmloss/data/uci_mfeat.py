@@ -19,6 +19,7 @@ VIEWS = {
     "zer": "mfeat-zer.csv",  # 47 Zernike moments
     "mor": "mfeat-mor.csv",  # 6 morphological features
 }
+CORRUPTIONS = ("noise", "swap")
 SOURCE = "https://archive.ics.uci.edu/dataset/72/multiple+features"
 
 
@@ -67,7 +68,8 @@ class UCIMultipleFeaturesDataModule(_SplitsDataModule):
     Stratified train/val/test split by ``seed``; each view standardised with the training
     split's mean and standard deviation. Optional corruption: a ``corrupt_fraction`` of the
     instances of every split get ``corrupt_views`` randomly chosen views replaced by standard
-    Gaussian noise; ``informative`` in each batch is ``False`` exactly there (ground truth).
+    Gaussian noise (``corruption="noise"``) or by another class's views (``"swap"``);
+    ``informative`` in each batch is ``False`` exactly there (ground truth).
     Reads ``data_dir`` only; never downloads.
 
     Args:
@@ -75,6 +77,8 @@ class UCIMultipleFeaturesDataModule(_SplitsDataModule):
         fractions: train, val and test shares.
         corrupt_fraction: share of instances with corrupted views (``0`` = clean data).
         corrupt_views: views replaced in each corrupted instance (1 to 5).
+        corruption: ``"noise"`` (replaced by standard Gaussian noise) or ``"swap"`` (misleading:
+            replaced by the same views of one instance of another class from the same split).
         batch_size: loader batch size (``0`` = whole split).
         seed: split and corruption seed.
         num_workers: loader workers.
@@ -96,6 +100,7 @@ class UCIMultipleFeaturesDataModule(_SplitsDataModule):
         fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
         corrupt_fraction: float = 0.0,
         corrupt_views: int = 3,
+        corruption: str = "noise",
         batch_size: int = 128,
         seed: int = 0,
         num_workers: int = 0,
@@ -115,6 +120,7 @@ class UCIMultipleFeaturesDataModule(_SplitsDataModule):
             raise ValueError(
                 f"Expected argument `corrupt_views` to be at most {len(VIEWS) - 1}, but got {corrupt_views}."
             )
+        self.corruption = V.check_choice("corruption", corruption, CORRUPTIONS)
         self.batch_size = V.check_int("batch_size", batch_size, 0)
         self.seed = int(seed)
         self.num_workers = V.check_int("num_workers", num_workers, 0)
@@ -155,8 +161,20 @@ class UCIMultipleFeaturesDataModule(_SplitsDataModule):
                 for i in corrupt.nonzero().squeeze(1).tolist():
                     chosen = torch.randperm(len(VIEWS), generator=g)[: self.corrupt_views]
                     informative[i, chosen] = False
+                if self.corruption == "swap":
+                    # one donor of another class per corrupted instance: its chosen views all
+                    # show that other digit, confidently and consistently (misleading, not noisy)
+                    y = target[ids]
+                    donor = torch.arange(len(ids))
+                    for i in corrupt.nonzero().squeeze(1).tolist():
+                        others = (y != y[i]).nonzero().squeeze(1)
+                        donor[i] = others[torch.randint(len(others), (1,), generator=g)]
+                    originals = {name: v.clone() for name, v in split_views.items()}
                 for m, name in enumerate(VIEWS):
                     bad = ~informative[:, m]
-                    noise = torch.randn(int(bad.sum()), self._dims[name], generator=g)
-                    split_views[name][bad] = noise
+                    if self.corruption == "swap":
+                        split_views[name][bad] = originals[name][donor[bad]]
+                    else:
+                        noise = torch.randn(int(bad.sum()), self._dims[name], generator=g)
+                        split_views[name][bad] = noise
             self.splits[split] = MultiviewDataset(split_views, target[ids], informative)

@@ -92,7 +92,9 @@ def test_compare_smoke(tmp_path: Path) -> None:
 
 
 def test_compare_rejects_unknown_fusion(tmp_path: Path) -> None:
-    with pytest.raises(SystemExit, match=r"--fusions takes names from mm,sum,concat,late,ogm_ge, got \['avg'\]"):
+    with pytest.raises(
+        SystemExit, match=r"--fusions takes names from mm,sum,concat,late,ogm_ge,independent, got \['avg'\]"
+    ):
         main(["compare", "--fusions", "mm,avg", "--output", str(tmp_path)])
 
 

@@ -21,6 +21,7 @@ class _SaveRankProxies(Callback):
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         torch.save(pl_module.mm_loss.weight.detach().cpu(), f"{self.out}/rank{trainer.global_rank}.pt")
+        torch.save(pl_module.mm_loss.temperature.cpu(), f"{self.out}/temperature{trainer.global_rank}.pt")
 
 
 def _monitored(metrics: dict) -> dict[str, float]:
@@ -62,7 +63,8 @@ def test_ddp_spawn_validation_metrics_equal_single_process(tmp_path: Path) -> No
     )
     ddp.validate(model2, val, verbose=False)
     got = _monitored(_csv_last_row(ddp.logger.log_dir))
-    assert len(expected) == 30 and got.keys() == expected.keys()  # loss, acc, 20 reliability, 6 rates, 2 subgroup
+    # loss, acc, temperature, 20 reliability, 6 rates, 2 subgroup
+    assert len(expected) == 31 and got.keys() == expected.keys()
     for k, v in expected.items():
         assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-6), k
 
@@ -77,6 +79,9 @@ def test_ddp_spawn_fit_keeps_proxies_identical_on_both_ranks(tmp_path: Path) -> 
     w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert torch.equal(w0, w1)
     assert torch.equal(model.mm_loss.weight.detach(), w0)  # ddp_spawn hands rank 0's weights back
+    # the calibration temperature is fitted from synchronised statistics: the same on both ranks
+    t0, t1 = torch.load(tmp_path / "temperature0.pt"), torch.load(tmp_path / "temperature1.pt")
+    assert torch.equal(t0, t1) and float(t0) != 1.0
 
 
 def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
@@ -108,6 +113,6 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert monitor.epochs_logged == 4  # two restored from the checkpoint, two new
     expected = full_monitor.last_metrics | _monitored(t_full.callback_metrics)
     got = monitor.last_metrics | _monitored(t_res.callback_metrics)
-    assert len(expected) == 30
+    assert len(expected) == 31 and expected["val/temperature"] != 1.0  # the restored temperature was used
     for k, v in expected.items():
         assert got[k] == pytest.approx(v, rel=1e-6), k

@@ -72,6 +72,10 @@ def test_logged_values_equal_direct_computation(tmp_path: Path) -> None:
     t.fit(model, train, val)
     data = val.dataset
     batch = {m: data.x[:, i] for i, m in enumerate(MODALITIES)}
+    fitted = float(model.mm_loss.temperature)
+    used = float(t.callback_metrics["val/temperature"])  # the last epoch ran with the previous fit
+    assert used != fitted and used != 1.0
+    model.mm_loss.temperature.fill_(used)
     with torch.no_grad():
         out = model.mm_loss.fuse(model.unimodal_logits(batch), data.mask)
     rel = modality_reliability(out.unimodal_probs, out.probs, data.target, data.mask, MODALITIES)
