@@ -8,6 +8,7 @@ call without reading a traceback into torch internals.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -97,6 +98,11 @@ def check_class_weight(class_weight: Tensor | Sequence[float] | None, num_classe
         )
     if not torch.isfinite(w).all() or (w < 0).any():
         raise ValueError(f"Expected argument `class_weight` to be finite and non-negative, but got {w.tolist()}.")
+    if not (w > 0).any():
+        raise ValueError(
+            f"Expected argument `class_weight` to have at least one positive entry, but got {w.tolist()} "
+            "(every instance would weigh zero and the mean loss would be 0/0)."
+        )
     return w
 
 
@@ -202,18 +208,39 @@ def check_mask(mask: Tensor | None, batch: int, num_modalities: int, device: tor
             f"Expected argument `modality_mask` to have shape (B, M) = ({batch}, {num_modalities}), "
             f"but got shape {_shape(mask)}."
         )
+    _check_device("modality_mask", mask, device)
     return mask.to(device)
 
 
-def check_target_shape(target: Any, batch: int) -> Tensor:
-    """Check that ``target`` is an integer tensor of shape ``(B,)``."""
+def _check_device(name: str, t: Tensor, device: torch.device) -> None:
+    if t.device.type == "meta" and device.type != "meta":
+        raise ValueError(
+            f"Expected argument `{name}` to hold data on {device} like the logits, but got a tensor on the meta "
+            "device (no data): materialise it first."
+        )
+
+
+def check_target_shape(target: Any, batch: int, device: torch.device | None = None) -> Tensor:
+    """Check that ``target`` is an integer tensor of shape ``(B,)`` on ``device``; returns it as int64."""
     if not isinstance(target, Tensor):
         raise TypeError(f"Expected argument `target` to be a tensor of class indices, but got {type(target).__name__}.")
     if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
         raise TypeError(f"Expected argument `target` to hold integer class indices, but got dtype {target.dtype}.")
     if target.shape != (batch,):
         raise ValueError(f"Expected argument `target` to have shape (B,) = ({batch},), but got shape {_shape(target)}.")
-    return target
+    if device is not None and target.device != device:
+        _check_device("target", target, device)
+        raise ValueError(
+            f"Expected argument `target` on the logits' device {device}, but got it on {target.device}; "
+            "move it with `.to(logits.device)`."
+        )
+    return target.long()  # int32/uint8 class indices work too; cross-entropy wants int64
+
+
+def _compiling() -> bool:
+    """True while ``torch.compile`` traces: value checks would need a host sync (a graph break)."""
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
 
 
 def check_values(
@@ -224,37 +251,63 @@ def check_values(
     target: Tensor | None = None,
     num_classes: int = 0,
     ignore_index: int = -100,
-) -> int:
-    """Check finiteness (and sign, for ``identity``) of the logits and the range of ``target``.
+    weight: Tensor | None = None,
+) -> int | None:
+    """Check finiteness (and sign, for ``identity``) of the logits, the proxies and the range of ``target``.
 
     The common case costs a few reductions and one synchronisation: the sum of the logits is
     finite when every entry is (a huge finite sum that overflows only triggers the exact
-    count), and ``aminmax`` of the targets settles the range. The exact counts behind an error
-    message are only computed when a fast check fails. Entries of masked (absent) modalities
-    are not checked: they never enter the computation.
+    count), ``aminmax`` of the targets settles the range, and the proxy parameter's sum and
+    number of live rows (rows with a positive entry) come along. The exact counts behind an
+    error message are only computed when a fast check fails. Entries of masked (absent)
+    modalities are not checked: they never enter the computation. Under ``torch.compile`` the
+    checks are skipped (they would force a graph break); shapes are still checked.
 
     Returns:
-        The number of targets that are not ``ignore_index`` (``0`` when ``target`` is ``None``).
+        The number of targets that are not ``ignore_index`` (``0`` when ``target`` is ``None``;
+        ``None`` when the checks were skipped under compilation).
+
+    Raises:
+        ValueError: non-finite logits or proxies, negative or overflowing ``identity`` scores,
+            out-of-range targets.
     """
+    if _compiling():
+        return None
     present = None if mask is None else mask[:, :, None]
     vals = u if present is None else torch.where(present, u, u.new_zeros(()))
     flags = [vals.sum()]
-    if activation == "identity" and vals.numel():
-        flags.append(vals.amin())
+    identity = activation == "identity" and vals.numel() > 0
+    if identity:
+        # the fusion normalises the scores: their squares must not overflow either
+        flags.extend([vals.amin(), vals.float().square().sum()])
+    has_weight = weight is not None and weight.numel() > 0
+    if has_weight:
+        w = weight.detach()
+        flags.extend([w.sum().to(vals.dtype), (w > 0).any(dim=1).sum().to(vals.dtype)])
     has_target = target is not None and target.numel() > 0
     if has_target:
         # in the logits' float dtype: exact for any realistic class index (< 2^24)
         flags.extend(torch.aminmax(target.to(vals.dtype)))
-    values = torch.stack(flags).tolist()
+    values = torch.stack([f.to(vals.dtype) for f in flags]).tolist()
     if not math.isfinite(values[0]):
         _raise_if_nonfinite(u, present, names)
-    if activation == "identity" and vals.numel() and values[1] < 0:
-        negative = vals < 0
-        raise ValueError(
-            "Expected argument `unimodal_logits` to hold non-negative scores with activation='identity', "
-            f"but got {int(negative.sum())} negative values (min {values[1]:.4g}); use activation='softmax' for raw "
-            "logits."
-        )
+    if identity:
+        if values[1] < 0:
+            negative = vals < 0
+            raise ValueError(
+                "Expected argument `unimodal_logits` to hold non-negative scores with activation='identity', "
+                f"but got {int(negative.sum())} negative values (min {values[1]:.4g}); use activation='softmax' for "
+                "raw logits."
+            )
+        if not math.isfinite(values[2]):
+            raise ValueError(
+                "Expected argument `unimodal_logits` to hold scores whose squares are finite with "
+                f"activation='identity' (the fusion normalises them), but got values up to {float(vals.amax()):.4g}; "
+                "rescale the scores (e.g. to probabilities)."
+            )
+    if has_weight:
+        i = 3 if identity else 1
+        _check_proxies(weight, values[i], values[i + 1])
     if not has_target:
         return 0
     tmin, tmax = values[-2], values[-1]
@@ -269,6 +322,27 @@ def check_values(
             f"{ignore_index}), but got {n_bad} out-of-range values, e.g. {target[bad][:5].tolist()}."
         )
     return int(n_valid)
+
+
+def _check_proxies(weight: Tensor, total: float, live_rows: float) -> None:
+    """Non-finite proxies are an error (the proxies' fault, not the encoder's); all-dead ones a warning."""
+    if not math.isfinite(total):
+        w = weight.detach()
+        n_nan, n_inf = int(torch.isnan(w).sum()), int(torch.isinf(w).sum())
+        if n_nan or n_inf:
+            raise ValueError(
+                f"Expected the MultiModal loss's proxy parameter `weight` {tuple(weight.shape)} to be finite, but got "
+                f"{n_nan} NaN and {n_inf} infinite values: the proxies diverged (lower the proxies' learning rate, "
+                "clip gradients) or were overwritten; call `reset_parameters()` or reload a checkpoint."
+            )
+    if live_rows == 0:
+        warnings.warn(
+            f"Every proxy of the MultiModal loss is <= 0 (all {weight.shape[0]} rows of `weight`): after the clamp "
+            "they are zero, get no gradient and the fusion is a plain sum of the unimodal scores. Re-initialise them "
+            "(`reset_parameters()`) and lower the proxies' weight decay.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _raise_if_nonfinite(u: Tensor, present: Tensor | None, names: tuple[str, ...] | None) -> None:

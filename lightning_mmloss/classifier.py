@@ -9,11 +9,10 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_mmloss import _validation as V
 from lightning_mmloss.loss import PAPER_OPTIONS
-from lightning_mmloss.mixin import MultiModalLossMixin
+from lightning_mmloss.mixin import MultiModalLossMixin, _accuracies
 
 FUSIONS = ("mm", "sum", "concat", "late", "ogm_ge", "independent")
 RECIPES = ("default", "paper")
@@ -127,8 +126,7 @@ class MultimodalClassifier(MultiModalLossMixin, L.LightningModule):
                 **options,
             )
         else:
-            self.mm_val_acc = MulticlassAccuracy(num_classes, average="micro")
-            self.mm_test_acc = MulticlassAccuracy(num_classes, average="micro")
+            self.mm_accuracy = _accuracies(num_classes)
         if self.fusion == "concat":
             self.fuser = nn.Linear(M * num_classes, num_classes)
         self._ogm_coeff: Tensor | None = None
@@ -216,10 +214,12 @@ class MultimodalClassifier(MultiModalLossMixin, L.LightningModule):
         logits = self.fused_logits(u).float()
         loss = F.cross_entropy(logits, y)
         probs = logits.detach().softmax(-1)
-        acc = self.mm_val_acc if stage == "val" else self.mm_test_acc
+        acc = self._accuracy(stage, dataloader_idx)
         acc(logits.argmax(-1), y)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
-        self.log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True)
+        self.log(
+            f"{stage}/acc", acc, on_epoch=True, prog_bar=True, metric_attribute=f"mm_accuracy.{stage}_{dataloader_idx}"
+        )
         # what SubgroupMonitor reads for a fusion without subgroups
         return {"loss": loss, "target": y, "unimodal_probs": u.detach().float().softmax(-1), "fused_probs": probs}
 

@@ -234,22 +234,26 @@ class MultiModalLoss(nn.Module):
         mask = V.check_mask(modality_mask, u.shape[0], self.num_modalities, u.device)
         return u, mask
 
-    def forward(self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None = None) -> Tensor:
-        """Compute the loss. See the class docstring for the inputs."""
-        u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
-        logits = self._fuse(u, mask)[0]
-        return self._total(logits, u, target, mask, num_valid)
+    def forward(
+        self,
+        unimodal_logits: UnimodalInput,
+        target: Tensor,
+        modality_mask: Tensor | None = None,
+        return_terms: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        """Compute the loss. See the class docstring for the inputs.
 
-    def loss_terms(
-        self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None = None
-    ) -> tuple[Tensor, Tensor]:
-        """The two terms of the loss, reduced: ``(fused cross-entropy, auxiliary unimodal cross-entropy)``.
-
-        ``forward`` returns ``fused + aux_weight * aux``. Use this to log the terms separately.
+        With ``return_terms=True`` returns ``(loss, fused, aux)``: the loss and its two reduced
+        terms, the fused cross-entropy and the auxiliary unimodal cross-entropy
+        (``loss = fused + aux_weight * aux``), e.g. to log them separately.
         """
         u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
         logits = self._fuse(u, mask)[0]
-        return self.loss_from_logits(logits, target, num_valid=num_valid), self._aux(u, target, mask)
+        if not return_terms:
+            return self._total(logits, u, target, mask, num_valid)
+        fused = self.loss_from_logits(logits, target, num_valid=num_valid)
+        aux = self._aux(u, target, mask)
+        return fused + self.aux_weight * aux, fused, aux
 
     def _aux(self, u: Tensor, target: Tensor, mask: Tensor | None) -> Tensor:
         per_instance = unimodal_cross_entropy(
@@ -272,11 +276,18 @@ class MultiModalLoss(nn.Module):
         self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None
     ) -> tuple[Tensor, Tensor | None, Tensor, int | None]:
         u, mask = self._prepare(unimodal_logits, modality_mask)
-        target = V.check_target_shape(target, u.shape[0])
+        target = V.check_target_shape(target, u.shape[0], u.device)
         num_valid = None
         if self.validate_args:  # logits and targets in one synchronisation
             num_valid = V.check_values(
-                u, mask, self.spec.activation, self.modality_names, target, self.num_classes, self.ignore_index
+                u,
+                mask,
+                self.spec.activation,
+                self.modality_names,
+                target,
+                self.num_classes,
+                self.ignore_index,
+                weight=self.weight,
             )
         return u, mask, target, num_valid
 
@@ -309,7 +320,7 @@ class MultiModalLoss(nn.Module):
         """Fused logits ``(B, C)`` only: the cheap path for prediction."""
         u, mask = self._prepare(unimodal_logits, modality_mask)
         if self.validate_args:
-            V.check_values(u, mask, self.spec.activation, self.modality_names)
+            V.check_values(u, mask, self.spec.activation, self.modality_names, weight=self.weight)
         return self._fuse(u, mask, calibrated=True)[0]
 
     def fuse(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> FusionOutput:
@@ -320,7 +331,7 @@ class MultiModalLoss(nn.Module):
         """
         u, mask = self._prepare(unimodal_logits, modality_mask)
         if self.validate_args:
-            V.check_values(u, mask, self.spec.activation, self.modality_names)
+            V.check_values(u, mask, self.spec.activation, self.modality_names, weight=self.weight)
         return _analytics(*self._fuse(u, mask, analytics=True, calibrated=True), self.spec)
 
     def shapley(

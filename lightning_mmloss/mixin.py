@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_mmloss.functional.fusion import FusionOutput, UnimodalInput
@@ -19,6 +19,16 @@ _NOT_CONFIGURED = (
     "MultiModalLossMixin is not configured: call `self.configure_multimodal(modalities=[...], num_classes=...)` "
     "in your LightningModule's __init__ (after `super().__init__()`)."
 )
+
+
+def _accuracies(num_classes: int, ignore_index: int | None = None) -> nn.ModuleDict:
+    """Accuracy metrics keyed ``"<stage>_<dataloader_idx>"``; the first loader's exist from the start."""
+    return nn.ModuleDict(
+        {
+            key: MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore_index)
+            for key in ("val_0", "test_0")
+        }
+    )
 
 
 class MultiModalLossMixin:
@@ -108,6 +118,14 @@ class MultiModalLossMixin:
                 "Expected MultiModalLossMixin to be mixed into a LightningModule "
                 f"(`class Net(MultiModalLossMixin, L.LightningModule)`), but got {type(self).__name__}."
             )
+        mro = type(self).__mro__
+        if mro.index(LightningModule) < mro.index(MultiModalLossMixin):
+            # Lightning's own (empty) steps would shadow the mixin's and fail with a generic message
+            raise TypeError(
+                f"Expected MultiModalLossMixin before LightningModule in the bases of {type(self).__name__} "
+                "(`class Net(MultiModalLossMixin, L.LightningModule)`), but LightningModule comes first, so its "
+                "steps would hide the mixin's."
+            )
         if loss_kwargs.get("reduction", "mean") != "mean":
             raise ValueError(
                 f"Expected no `reduction` other than 'mean' in the mixin, but got {loss_kwargs['reduction']!r}."
@@ -117,8 +135,7 @@ class MultiModalLossMixin:
             raise TypeError(f"Expected argument `calibrate` to be a bool, but got {calibrate!r}.")
         self.mm_temperature_fit = TemperatureFit(ignore_index=self.mm_loss.ignore_index) if calibrate else None
         ignore = self.mm_loss.ignore_index
-        self.mm_val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore)
-        self.mm_test_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=ignore)
+        self.mm_accuracy = _accuracies(num_classes, ignore)
         return self.mm_loss
 
     # -- what the user provides (or overrides) ---------------------------------------------
@@ -149,6 +166,23 @@ class MultiModalLossMixin:
             "Expected the batch to be a mapping with a 'target' key or a tuple/list ending with the target, "
             f"but got {type(batch).__name__}; override `get_target(batch)`."
         )
+
+    def extra_loss(self, batch: Any, unimodal_logits: Tensor) -> Tensor | None:
+        """A term of your own added to the training loss (``None``: nothing); logged as ``train/extra_loss``.
+
+        Override this, rather than ``training_step``, to add a regulariser: its value is then part
+        of ``train/loss`` (and of what the optimizer sees), and the mixin's step keeps working.
+
+        Args:
+            batch: the training batch.
+            unimodal_logits: the stacked ``(B, M, C)`` logits of this step (with gradient).
+
+        Example::
+
+            def extra_loss(self, batch, unimodal_logits):
+                return 1e-3 * unimodal_logits.pow(2).mean()  # keep the logits small
+        """
+        return None
 
     def get_modality_mask(self, batch: Any) -> Tensor | None:
         """Optional bool ``(B, M)`` mask of present modalities: ``batch["modality_mask"]`` if there."""
@@ -183,9 +217,11 @@ class MultiModalLossMixin:
     # -- steps ------------------------------------------------------------------------------
     def _mm_loss(self) -> MultiModalLoss:
         loss = self.__dict__.get("_modules", {}).get("mm_loss")
-        if not isinstance(loss, MultiModalLoss):
+        # `self.mm_loss = torch.compile(self.mm_loss)` wraps it: calls go through the compiled
+        # forward, attributes and the other methods through the wrapper to the module
+        if not isinstance(getattr(loss, "_orig_mod", loss), MultiModalLoss):
             raise RuntimeError(_NOT_CONFIGURED)
-        return loss
+        return loss  # type: ignore[return-value]
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """MultiModal loss (plus the auxiliary unimodal loss if configured), logged as ``train/loss``."""
@@ -195,12 +231,15 @@ class MultiModalLossMixin:
         mask = self.get_modality_mask(batch)
         log = self.log  # type: ignore[attr-defined]
         if loss_fn.aux_weight:
-            fused, aux = loss_fn.loss_terms(u, target, mask)
+            loss, fused, aux = loss_fn(u, target, mask, return_terms=True)
             log("train/fused_loss", fused, on_step=False, on_epoch=True, sync_dist=True, batch_size=u.shape[0])
             log("train/aux_loss", aux, on_step=False, on_epoch=True, sync_dist=True, batch_size=u.shape[0])
-            loss = fused + loss_fn.aux_weight * aux
         else:
             loss = loss_fn(u, target, mask)
+        extra = self.extra_loss(batch, u)
+        if extra is not None:
+            log("train/extra_loss", extra, on_step=False, on_epoch=True, sync_dist=True, batch_size=u.shape[0])
+            loss = loss + extra
         log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=u.shape[0])
         return loss
 
@@ -215,11 +254,11 @@ class MultiModalLossMixin:
             fit.update(fusion.logits.detach() * loss_fn.temperature, target)  # the raw fused logits
             # the temperature these probabilities used (fitted at the end of the previous epoch)
             self.log("val/temperature", loss_fn.temperature, on_epoch=True, batch_size=u.shape[0])  # type: ignore[attr-defined]
-        acc = self.mm_val_acc if stage == "val" else self.mm_test_acc
+        acc = self._accuracy(stage, dataloader_idx)
         acc(fusion.preds, target)
         log = self.log  # type: ignore[attr-defined]
         log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=u.shape[0])
-        log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True)
+        log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True, metric_attribute=f"mm_accuracy.{stage}_{dataloader_idx}")
         return {"loss": loss, "fusion": fusion, "target": target, "modality_mask": mask, "unimodal_logits": u.detach()}
 
     def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
@@ -247,6 +286,17 @@ class MultiModalLossMixin:
             "subgroup": fusion.subgroup,
             "modality_weights": fusion.modality_weights,
         }
+
+    def _accuracy(self, stage: str, dataloader_idx: int) -> MulticlassAccuracy:
+        """The accuracy metric of one stage and dataloader (one per loader: never pooled across loaders)."""
+        accs: nn.ModuleDict = self.mm_accuracy
+        key = f"{stage}_{dataloader_idx}"
+        if key not in accs:  # a further dataloader: a metric like the first one's, on the same device
+            first = accs["val_0"]
+            accs[key] = MulticlassAccuracy(first.num_classes, average="micro", ignore_index=first.ignore_index).to(
+                first.device
+            )
+        return accs[key]  # type: ignore[return-value]
 
     def on_validation_epoch_end(self) -> None:
         """Calibration: set the loss's temperature to the one that fits this epoch's validation data best."""

@@ -53,10 +53,13 @@ class _ShapleySummary(_AdditiveStateMetric):
 class SubgroupMonitor(Callback):
     """Monitor how each modality's head, the fusion and the learned subgroups behave.
 
-    At the end of every ``every_n_epochs``-th validation epoch (and of every test), over the
-    whole epoch (synchronised across processes):
+    At the end of every ``every_n_epochs``-th validation run (runs are counted, so
+    ``check_val_every_n_epoch`` combines as expected) and of every test, over the whole epoch
+    (synchronised across processes), separately for each dataloader (names end in
+    ``/dataloader_idx_N`` when a stage has several, as Lightning names them):
 
-    - scalars (to every attached logger, and in :attr:`last_metrics`)
+    - scalars in ``trainer.callback_metrics`` (so ``ModelCheckpoint`` and ``EarlyStopping`` can
+      monitor them), to every attached logger, and in :attr:`last_metrics`:
       ``<stage>/reliability/<head>/{acc,macro_f1,ece,brier,nll}`` for each modality and
       ``fused``; ``<stage>/agreement/{all_agree,reinforce,conflict,all_wrong,rescued,harmed}``;
       ``<stage>/subgroups/{active,usage_entropy}``; with ``shapley=True`` also
@@ -111,12 +114,14 @@ class SubgroupMonitor(Callback):
             None if images_every_n_epochs is None else V.check_int("images_every_n_epochs", images_every_n_epochs, 1)
         )
         self.n_bins = V.check_int("n_bins", n_bins, 1)
-        self._metrics: dict[str, dict[str, Any]] = {}
+        self._metrics: dict[tuple[str, int], dict[str, Any]] = {}
         self._warned_no_tensorboard = False
-        self._pending_figures: tuple[str, int, dict[str, Any]] | None = None
+        self._pending_figures: tuple[str, int, list[tuple[str, dict[str, Any]]]] | None = None
         self._console: Console | None = None
         self.epochs_logged = 0
-        self.last_metrics: dict[str, float] = {}
+        self.val_runs = 0
+        self._val_active = False
+        self._last_metrics: dict[str, float] = {}
 
     @property
     def state_key(self) -> str:
@@ -153,14 +158,9 @@ class SubgroupMonitor(Callback):
         self._names = names
         self._ignore_index = ignore_index
         self._has_subgroups = loss is not None
-        for prefix in ("val", "test"):
-            self._metrics[prefix] = {
-                "reliability": ModalityReliability(names, num_classes, n_bins=self.n_bins),
-                "agreement": ModalityAgreement(names),
-            }
-            if loss is not None:
-                self._metrics[prefix]["subgroups"] = SubgroupStatistics(num_classes, loss.proxies_per_class, names)
-                self._metrics[prefix]["shapley"] = _ShapleySummary(len(names))
+        self._num_classes = num_classes
+        self._proxies_per_class = None if loss is None else loss.proxies_per_class
+        self._metrics = {}
         if (
             self.images_every_n_epochs is not None
             and self._tensorboard(trainer) is None
@@ -177,15 +177,38 @@ class SubgroupMonitor(Callback):
     def _tensorboard(trainer: Trainer) -> TensorBoardLogger | None:
         return next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)
 
-    def _active(self, trainer: Trainer, prefix: str) -> bool:
-        if trainer.sanity_checking:
-            return False
-        return prefix == "test" or trainer.current_epoch % self.every_n_epochs == 0
+    def _new_metrics(self, device: torch.device) -> dict[str, Any]:
+        metrics: dict[str, Any] = {
+            "reliability": ModalityReliability(self._names, self._num_classes, n_bins=self.n_bins),
+            "agreement": ModalityAgreement(self._names),
+        }
+        if self._has_subgroups:
+            assert self._proxies_per_class is not None
+            metrics["subgroups"] = SubgroupStatistics(self._num_classes, self._proxies_per_class, self._names)
+            metrics["shapley"] = _ShapleySummary(len(self._names))
+        for m in metrics.values():
+            m.to(device)
+        return metrics
+
+    @staticmethod
+    def _num_loaders(trainer: Trainer, prefix: str) -> int:
+        batches = trainer.num_val_batches if prefix == "val" else trainer.num_test_batches
+        return max(len(batches), 1)
+
+    def _start(self, prefix: str, trainer: Trainer, pl_module: LightningModule) -> None:
+        # one set of metrics per dataloader, created on every rank in the same order (DDP sync)
+        self._metrics = {key: value for key, value in self._metrics.items() if key[0] != prefix}
+        for idx in range(self._num_loaders(trainer, prefix)):
+            self._metrics[(prefix, idx)] = self._new_metrics(pl_module.device)
 
     # -- accumulation -----------------------------------------------------------------------
-    def _update(self, prefix: str, pl_module: LightningModule, outputs: Any) -> None:
+    def _update(self, prefix: str, pl_module: LightningModule, outputs: Any, dataloader_idx: int = 0) -> None:
+        key = (prefix, dataloader_idx)
+        if key not in self._metrics:  # a loader the epoch start did not announce
+            self._metrics[key] = self._new_metrics(pl_module.device)
+        metrics = self._metrics[key]
         if not self._has_subgroups and isinstance(outputs, dict) and "fused_probs" in outputs:
-            self._update_probs_only(prefix, outputs)
+            self._update_probs_only(metrics, outputs)
             return
         if not isinstance(outputs, dict) or not isinstance(outputs.get("fusion"), FusionOutput):
             raise RuntimeError(
@@ -200,13 +223,12 @@ class SubgroupMonitor(Callback):
             fusion = FusionOutput(*(getattr(fusion, f)[keep] for f in FusionOutput.__dataclass_fields__))
             target = target[keep]
             mask = None if mask is None else mask[keep]
-        metrics = self._metrics[prefix]
         self._to_device(metrics, target.device)
         probs = fusion.probs.detach()
         metrics["reliability"].update(fusion.unimodal_probs, probs, target, mask)
         metrics["agreement"].update(fusion.unimodal_probs, probs, target, mask)
         metrics["subgroups"].update_from_fusion(fusion, target)
-        if self.shapley:
+        if self.shapley and target.numel():
             u = outputs["unimodal_logits"]
             if not bool(keep.all()):
                 u = u[keep]
@@ -219,13 +241,24 @@ class SubgroupMonitor(Callback):
             for m in metrics.values():
                 m.to(device)
 
-    def _update_probs_only(self, prefix: str, outputs: dict[str, Any]) -> None:
+    def _update_probs_only(self, metrics: dict[str, Any], outputs: dict[str, Any]) -> None:
         target: Tensor = outputs["target"]
         mask: Tensor | None = outputs.get("modality_mask")
-        metrics = self._metrics[prefix]
         self._to_device(metrics, target.device)
         for name in ("reliability", "agreement"):
             metrics[name].update(outputs["unimodal_probs"], outputs["fused_probs"], target, mask)
+
+    @override
+    def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # every_n_epochs counts validation runs, not trainer epochs: with
+        # check_val_every_n_epoch=2 the epochs that validate are 1, 3, 5, ...
+        self._val_active = not trainer.sanity_checking and self.val_runs % self.every_n_epochs == 0
+        if self._val_active:
+            self._start("val", trainer, pl_module)
+
+    @override
+    def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._start("test", trainer, pl_module)
 
     @override
     def on_validation_batch_end(
@@ -237,8 +270,8 @@ class SubgroupMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if self._active(trainer, "val"):
-            self._update("val", pl_module, outputs)
+        if self._val_active:
+            self._update("val", pl_module, outputs, dataloader_idx)
 
     @override
     def on_test_batch_end(
@@ -250,75 +283,130 @@ class SubgroupMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._update("test", pl_module, outputs)
+        self._update("test", pl_module, outputs, dataloader_idx)
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._active(trainer, "val"):
+        if trainer.sanity_checking:
+            return
+        if self._val_active:
             self._finish("val", trainer, pl_module)
+        self.val_runs += 1
 
     @override
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._finish("test", trainer, pl_module)
 
     # -- reporting --------------------------------------------------------------------------
-    def compute(self, prefix: str = "val") -> dict[str, Any]:
-        """The three (four with Shapley) metric groups for ``prefix`` ("val" or "test"), synchronised."""
-        metrics = self._metrics[prefix]
+    def compute(self, prefix: str = "val", dataloader_idx: int = 0) -> dict[str, Any]:
+        """The three (four with Shapley) metric groups of one stage ("val" or "test") and loader, synchronised."""
+        metrics = self._metrics[(prefix, dataloader_idx)]
         out = {k: metrics[k].compute() for k in ("reliability", "agreement", "subgroups") if k in metrics}
         if self.shapley:
             out["shapley"] = metrics["shapley"].compute()
         return out
 
-    def _finish(self, prefix: str, trainer: Trainer, pl_module: LightningModule) -> None:
-        metrics = self._metrics[prefix]
-        if int(metrics["reliability"].count.sum()) == 0 and not torch.distributed.is_initialized():
-            return  # nothing seen (e.g. limit_val_batches=0)
-        values = self.compute(prefix)
+    def _scalars(self, prefix: str, suffix: str, values: dict[str, Any]) -> dict[str, float]:
         scalars: dict[str, float] = {}
         for key, v in values["reliability"].items():
-            scalars[f"{prefix}/reliability/{key}"] = float(v)
+            scalars[f"{prefix}/reliability/{key}{suffix}"] = float(v)
         for rate in AGREEMENT_RATES:
-            scalars[f"{prefix}/agreement/{rate}"] = float(values["agreement"][rate])
+            scalars[f"{prefix}/agreement/{rate}{suffix}"] = float(values["agreement"][rate])
         if "subgroups" in values:
-            scalars[f"{prefix}/subgroups/active"] = float(values["subgroups"]["active"])
-            scalars[f"{prefix}/subgroups/usage_entropy"] = float(values["subgroups"]["usage_entropy"])
+            scalars[f"{prefix}/subgroups/active{suffix}"] = float(values["subgroups"]["active"])
+            scalars[f"{prefix}/subgroups/usage_entropy{suffix}"] = float(values["subgroups"]["usage_entropy"])
         if self.shapley:
             for name, v in zip(self._names, values["shapley"]["mean"].tolist(), strict=True):
-                scalars[f"{prefix}/shapley/{name}"] = v
-        # Straight to the loggers, as LearningRateMonitor does: the values are already
-        # synchronised, and LightningModule.log cost about 1 ms per scalar here (25 ms an epoch).
+                scalars[f"{prefix}/shapley/{name}{suffix}"] = v
+        return scalars
+
+    def _finish(self, prefix: str, trainer: Trainer, pl_module: LightningModule) -> None:
+        indices = sorted(idx for (p, idx) in self._metrics if p == prefix)
+        many = len(indices) > 1
+        scalars: dict[str, float] = {}
+        tables: list[tuple[str, dict[str, Any]]] = []
+        for idx in indices:
+            metrics = self._metrics[(prefix, idx)]
+            if int(metrics["reliability"].count.sum()) == 0 and not torch.distributed.is_initialized():
+                continue  # nothing seen (e.g. limit_val_batches=0)
+            values = self.compute(prefix, idx)
+            # Lightning's own naming when a stage has several dataloaders
+            suffix = f"/dataloader_idx_{idx}" if many else ""
+            scalars.update(self._scalars(prefix, suffix, values))
+            tables.append((suffix, values))
+            for m in metrics.values():
+                m.reset()
+        if not tables:
+            return
+        # Into Lightning's metric store, as LearningRateMonitor does, so that ModelCheckpoint and
+        # EarlyStopping can monitor them and the parent process of ddp_spawn gets them back; and
+        # straight to the loggers (the values are already synchronised across processes).
+        device = pl_module.device
+        trainer.callback_metrics.update({k: torch.tensor(v, device=device) for k, v in scalars.items()})
         for logger in trainer.loggers:
             logger.log_metrics(scalars, step=trainer.global_step)
-        self.last_metrics = scalars
+        self._last_metrics = scalars
         every = self.images_every_n_epochs
         if every is not None and (prefix == "test" or self.epochs_logged % every == 0):
-            self._log_figures(prefix, trainer.global_step, trainer, values)
+            self._log_figures(prefix, trainer.global_step, trainer, tables)
             self._pending_figures = None
         elif every is not None:
-            self._pending_figures = (prefix, trainer.global_step, values)  # drawn at the end of fit
+            self._pending_figures = (prefix, trainer.global_step, tables)  # drawn at the end of fit
         self.epochs_logged += 1
         if self.print_summary:
-            self._print_table(prefix, trainer, values)
-        for m in metrics.values():
-            m.reset()
+            for suffix, values in tables:
+                self._print_table(prefix + suffix, trainer, values)
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """The scalars of the last logged epoch (also in ``trainer.callback_metrics``).
+
+        After ``strategy="ddp_spawn"`` the parent process never ran this callback's hooks: read
+        the same values there with :meth:`metrics_of` (``SubgroupMonitor.metrics_of(trainer)``).
+        """
+        return self._last_metrics
+
+    @last_metrics.setter
+    def last_metrics(self, value: dict[str, float]) -> None:
+        self._last_metrics = dict(value)
+
+    @staticmethod
+    def metrics_of(trainer: Trainer) -> dict[str, float]:
+        """The monitor's scalars in ``trainer.callback_metrics`` (any process, ``ddp_spawn``'s parent too)."""
+        groups = ("reliability", "agreement", "subgroups", "shapley")
+        return {
+            k: float(v)
+            for k, v in trainer.callback_metrics.items()
+            if k.split("/")[0] in ("val", "test") and len(k.split("/")) > 2 and k.split("/")[1] in groups
+        }
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._pending_figures is not None:  # the last logged epoch skipped its figures
-            prefix, step, values = self._pending_figures
-            self._log_figures(prefix, step, trainer, values)
+            prefix, step, tables = self._pending_figures
+            self._log_figures(prefix, step, trainer, tables)
             self._pending_figures = None
+        if self.epochs_logged == 0 and self.val_runs > 0:
+            rank_zero_warn(
+                f"SubgroupMonitor logged nothing in this fit: {self.val_runs} validation run(s), every_n_epochs="
+                f"{self.every_n_epochs}, and no batch reached it (does the validation step return the mixin's dict?)."
+            )
 
     @rank_zero_only
-    def _log_figures(self, prefix: str, step: int, trainer: Trainer, values: dict[str, Any]) -> None:
+    def _log_figures(self, prefix: str, step: int, trainer: Trainer, tables: list[tuple[str, dict[str, Any]]]) -> None:
+        for suffix, values in tables:
+            self._log_figures_of(prefix, suffix, step, trainer, values)
+
+    def _log_figures_of(self, prefix: str, suffix: str, step: int, trainer: Trainer, values: dict[str, Any]) -> None:
         tb = self._tensorboard(trainer)
         if tb is None:
             return
         from lightning_mmloss.plotting import agreement_matrix_figure, subgroup_profile_figure
 
         tb.experiment.add_figure(
-            f"{prefix}/agreement/pairwise", agreement_matrix_figure(values["agreement"]["pairwise"], self._names), step
+            f"{prefix}/agreement/pairwise{suffix}",
+            agreement_matrix_figure(values["agreement"]["pairwise"], self._names),
+            step,
         )
         if "subgroups" not in values:
             return
@@ -328,7 +416,7 @@ class SubgroupMonitor(Callback):
         index = torch.arange(n, dtype=torch.float64)
         total = float(occupancy.sum())
         tb.experiment.add_histogram_raw(
-            f"{prefix}/subgroups/occupancy",
+            f"{prefix}/subgroups/occupancy{suffix}",
             min=0.0,
             max=float(n - 1),
             num=total,
@@ -339,7 +427,9 @@ class SubgroupMonitor(Callback):
             global_step=step,
         )
         tb.experiment.add_figure(
-            f"{prefix}/subgroups/profile", subgroup_profile_figure(sub["profile"], sub["occupancy"], self._names), step
+            f"{prefix}/subgroups/profile{suffix}",
+            subgroup_profile_figure(sub["profile"], sub["occupancy"], self._names),
+            step,
         )
 
     @rank_zero_only
@@ -372,7 +462,7 @@ class SubgroupMonitor(Callback):
     # -- checkpointing ----------------------------------------------------------------------
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"epochs_logged": self.epochs_logged, "last_metrics": dict(self.last_metrics)}
+        return {"epochs_logged": self.epochs_logged, "val_runs": self.val_runs, "last_metrics": dict(self.last_metrics)}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -380,5 +470,9 @@ class SubgroupMonitor(Callback):
         last = state_dict.get("last_metrics", {})
         if not isinstance(epochs, int) or not isinstance(last, dict):
             raise ValueError(f"Expected a SubgroupMonitor state with an int and a dict, but got {state_dict!r}.")
+        runs = state_dict.get("val_runs", epochs * self.every_n_epochs)  # older checkpoints: best estimate
+        if not isinstance(runs, int):
+            raise ValueError(f"Expected a SubgroupMonitor state with an int 'val_runs', but got {runs!r}.")
         self.epochs_logged = epochs
+        self.val_runs = runs
         self.last_metrics = {str(k): float(v) for k, v in last.items()}

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from lightning_mmloss import _validation as V
-from lightning_mmloss.functional.fusion import FusionSpec, UnimodalInput, _fuse_raw, _prepare
+from lightning_mmloss.functional.fusion import FusionSpec, UnimodalInput, _compute_dtype, _fuse_raw, _prepare
 
 MAX_SHAPLEY_MODALITIES = 12
 
@@ -163,6 +163,8 @@ def modality_shapley(
             f"instance), but got M={M}; group modalities or use a sampling estimate."
         )
     V.check_int("max_rows", max_rows, 1)
+    if B == 0:  # nothing to explain (e.g. a batch whose targets were all ignored)
+        return u.new_zeros(0, M, dtype=_compute_dtype(u, weight))
     with torch.no_grad():
         if target_class is None:
             cls = _fuse_raw(u, weight, mask, spec)[0].argmax(dim=-1)

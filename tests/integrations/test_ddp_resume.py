@@ -67,6 +67,11 @@ def test_ddp_spawn_validation_metrics_equal_single_process(tmp_path: Path) -> No
     assert len(expected) == 31 and got.keys() == expected.keys()
     for k, v in expected.items():
         assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-6), k
+    # the parent process never ran the callback's hooks, but Lightning hands callback_metrics back
+    parent = SubgroupMonitor.metrics_of(ddp)
+    assert len(parent) == 28
+    for k, v in parent.items():
+        assert v == pytest.approx(expected[k], rel=1e-6, abs=1e-6), k
 
 
 @pytest.mark.timeout(240)

@@ -154,3 +154,69 @@ def test_mixin_needs_a_lightning_module() -> None:
 
     with pytest.raises(TypeError, match=r"mixed into a LightningModule .* but got Plain"):
         Plain()
+
+
+def test_mixin_after_lightning_module_is_refused() -> None:
+    class Wrong(L.LightningModule, MultiModalLossMixin):
+        def __init__(self):
+            super().__init__()
+            self.configure_multimodal(2, 3)
+
+    with pytest.raises(TypeError, match="MultiModalLossMixin before LightningModule in the bases of Wrong"):
+        Wrong()
+
+
+def test_two_validation_loaders_get_their_own_accuracy(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    model = ThreeHeadNet()
+    train, val_a = loaders(n_val=64)
+    _, val_b = loaders(n_val=32, with_mask=True)
+    t = trainer(tmp_path, max_epochs=1)
+    t.fit(model, train, val_a)
+    both = t.validate(model, [val_a, val_b], verbose=False)
+    alone_a = trainer(tmp_path).validate(model, val_a, verbose=False)[0]
+    alone_b = trainer(tmp_path).validate(model, val_b, verbose=False)[0]
+    assert both[0]["val/acc/dataloader_idx_0"] == pytest.approx(alone_a["val/acc"])
+    assert both[1]["val/acc/dataloader_idx_1"] == pytest.approx(alone_b["val/acc"])
+    assert alone_a["val/acc"] != pytest.approx(alone_b["val/acc"])  # the case where pooling was visible
+
+
+def test_train_loss_is_fused_plus_weighted_aux_plus_extra(tmp_path: Path) -> None:
+    class WithExtra(ThreeHeadNet):
+        def extra_loss(self, batch, unimodal_logits):
+            return unimodal_logits.new_tensor(0.25)
+
+    L.seed_everything(0)
+    model = WithExtra(aux_weight=0.7)
+    train, val = loaders(with_mask=True)
+    t = trainer(tmp_path, max_epochs=1)
+    t.fit(model, train, val)
+    m = {k: float(v) for k, v in t.callback_metrics.items()}
+    assert m["train/extra_loss"] == pytest.approx(0.25)
+    assert m["train/loss_epoch"] == pytest.approx(m["train/fused_loss"] + 0.7 * m["train/aux_loss"] + 0.25, rel=1e-5)
+
+
+def test_training_step_uses_the_batch_mask(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    model = ThreeHeadNet()
+    train, _ = loaders(with_mask=True, batch_size=64)
+    batch = next(iter(train))
+    assert not bool(batch["modality_mask"].all())
+    model.log = lambda *args, **kwargs: None  # a step outside a Trainer
+    loss = model.training_step(batch, 0)
+    u = model.mm_loss.stack_logits(model.unimodal_logits(batch))
+    torch.testing.assert_close(loss, model.mm_loss(u, batch["target"], batch["modality_mask"]))
+    assert not torch.allclose(loss, model.mm_loss(u, batch["target"]))
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's compiler stack about itself
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf:UserWarning")  # dynamo's own
+def test_compiled_loss_inside_the_mixin(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    model = ThreeHeadNet()
+    model.mm_loss = torch.compile(model.mm_loss)
+    train, val = loaders(n_train=64, n_val=32)
+    t = trainer(tmp_path, max_epochs=1)
+    t.fit(model, train, val)
+    assert torch.isfinite(t.callback_metrics["train/loss"])

@@ -67,7 +67,7 @@ def test_logged_values_equal_direct_computation(tmp_path: Path) -> None:
     L.seed_everything(0)
     model = ThreeHeadNet()
     train, val = loaders(with_mask=True)
-    monitor = SubgroupMonitor(print_summary=False, images_every_n_epochs=None)
+    monitor = SubgroupMonitor(print_summary=False, images_every_n_epochs=None, shapley=True)
     t = trainer(tmp_path, max_epochs=2, callbacks=[monitor])
     t.fit(model, train, val)
     data = val.dataset
@@ -89,6 +89,11 @@ def test_logged_values_equal_direct_computation(tmp_path: Path) -> None:
     assert float(got["val/subgroups/active"]) == float(sub["active"])
     assert float(got["val/subgroups/usage_entropy"]) == pytest.approx(float(sub["usage_entropy"]), rel=1e-5)
     assert monitor.last_metrics["val/reliability/fused/acc"] == pytest.approx(float(rel["fused/acc"]))
+    # the Shapley summary is the mean over instances of each modality's value (not the sum)
+    with torch.no_grad():
+        phi = model.mm_loss.shapley(model.unimodal_logits(batch), modality_mask=data.mask)
+    for i, m in enumerate(MODALITIES):
+        assert float(got[f"val/shapley/{m}"]) == pytest.approx(float(phi[:, i].mean()), rel=1e-5, abs=1e-7), m
 
 
 def test_console_table_and_every_n_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,3 +165,61 @@ def test_baseline_fusion_gets_reliability_and_agreement_only(tmp_path: Path) -> 
     assert set(_events(logger.log_dir).Tags()["images"]) == {"val/agreement/pairwise"}
     with pytest.raises(ValueError, match=r"`shapley=False` for a model without the MultiModal loss"):
         SubgroupMonitor(shapley=True).setup(t, model, "fit")
+
+
+def test_metrics_reach_callback_metrics_for_checkpoint_and_early_stopping(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    L.seed_everything(0)
+    model = ThreeHeadNet()
+    train, val = loaders()
+    monitor = SubgroupMonitor(print_summary=False, images_every_n_epochs=None)
+    ckpt = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), monitor="val/reliability/fused/ece", mode="min")
+    stop = EarlyStopping(monitor="val/agreement/conflict", mode="min", patience=10)
+    t = trainer(tmp_path, max_epochs=3, callbacks=[monitor, ckpt, stop], enable_checkpointing=True)
+    t.fit(model, train, val)
+    assert ckpt.best_model_path and ckpt.best_model_score is not None  # the key was found and monitored
+    assert float(t.callback_metrics["val/reliability/fused/ece"]) == pytest.approx(
+        monitor.last_metrics["val/reliability/fused/ece"]
+    )
+    assert SubgroupMonitor.metrics_of(t) == pytest.approx(monitor.last_metrics)
+
+
+def test_two_loaders_give_per_loader_values_equal_to_separate_runs(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    model = ThreeHeadNet()
+    train, val_a = loaders(n_val=64)
+    _, val_b = loaders(n_val=32, with_mask=True)
+    trainer(tmp_path, max_epochs=1).fit(model, train, val_a)
+
+    def run(loaders_: list) -> dict[str, float]:
+        monitor = SubgroupMonitor(print_summary=False, images_every_n_epochs=None)
+        trainer(tmp_path, callbacks=[monitor]).validate(model, loaders_, verbose=False)
+        return monitor.last_metrics
+
+    both, alone_a, alone_b = run([val_a, val_b]), run([val_a]), run([val_b])
+    assert len(both) == len(alone_a) + len(alone_b)
+    for k, v in alone_a.items():
+        assert both[f"{k}/dataloader_idx_0"] == pytest.approx(v), k
+    for k, v in alone_b.items():
+        assert both[f"{k}/dataloader_idx_1"] == pytest.approx(v), k
+    assert alone_a["val/subgroups/active"] != alone_b["val/subgroups/active"] or (
+        alone_a["val/reliability/fused/acc"] != alone_b["val/reliability/fused/acc"]
+    )
+
+
+def test_every_n_epochs_counts_validation_runs(tmp_path: Path) -> None:
+    model = ThreeHeadNet()
+    train, val = loaders()
+    monitor = SubgroupMonitor(every_n_epochs=2, print_summary=False, images_every_n_epochs=None)
+    trainer(tmp_path, max_epochs=6, check_val_every_n_epoch=2, callbacks=[monitor]).fit(model, train, val)
+    assert monitor.val_runs == 3 and monitor.epochs_logged == 2  # runs 0 and 2 (epochs 1 and 5)
+
+
+def test_warns_when_a_fit_logs_nothing(tmp_path: Path) -> None:
+    model = ThreeHeadNet()
+    train, val = loaders()
+    monitor = SubgroupMonitor(every_n_epochs=5, print_summary=False, images_every_n_epochs=None)
+    monitor.val_runs = 1  # as if resumed after the first validation run: the next 4 are skipped
+    with pytest.warns(UserWarning, match="SubgroupMonitor logged nothing in this fit"):
+        trainer(tmp_path, max_epochs=2, callbacks=[monitor]).fit(model, train, val)

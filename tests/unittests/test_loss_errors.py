@@ -181,3 +181,96 @@ def test_ignore_index_inside_class_range() -> None:
     full.load_state_dict(crit.state_dict())
     torch.testing.assert_close(crit(u, torch.tensor([0, 2, 3])), full(u, torch.tensor([1, 2, 3]))[1:].sum())
     assert crit(u, torch.tensor([0, 0, 0])).item() == 0.0
+
+
+def test_int32_targets_work_and_devices_are_checked() -> None:
+    crit = MultiModalLoss(3, 2, 2)
+    u = torch.randn(4, 2, 3)
+    y = torch.tensor([0, 1, 2, 1])
+    torch.testing.assert_close(crit(u, y.int()), crit(u, y))
+    with pytest.raises(ValueError, match="`target` to hold data on cpu like the logits, but got a tensor on the meta"):
+        crit(u, y.to("meta"))
+    with pytest.raises(
+        ValueError, match="`modality_mask` to hold data on cpu like the logits, but got a tensor on the"
+    ):
+        crit(u, y, torch.ones(4, 2, dtype=torch.bool, device="meta"))
+
+
+def test_proxy_problems_are_reported_as_the_proxies_fault() -> None:
+    crit = MultiModalLoss(3, 2, 2)
+    u, y = torch.randn(4, 2, 3), torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        crit.weight[1, 2] = float("nan")
+    for call in (lambda: crit(u, y), lambda: crit.fuse(u), lambda: crit.fused_logits(u)):
+        with pytest.raises(ValueError, match=r"proxy parameter `weight` \(6, 6\) to be finite, but got 1 NaN and 0"):
+            call()
+    with torch.no_grad():
+        crit.weight.fill_(-0.1)
+    with pytest.warns(UserWarning, match="Every proxy of the MultiModal loss is <= 0"):
+        crit(u, y)
+
+
+@pytest.mark.parametrize("backend", ["fused", "autograd"])
+def test_zero_proxy_rows_get_zero_gradient(backend: str) -> None:
+    crit = MultiModalLoss(3, 2, 2, backend=backend)
+    with torch.no_grad():
+        crit.weight[0] = 0.0  # exactly zero (zero init, or a user's clamp)
+        crit.weight[1] = -1.0
+    crit(torch.randn(5, 2, 3), torch.randint(0, 3, (5,))).backward()
+    assert torch.all(crit.weight.grad[:2] == 0)
+    assert crit.weight.grad[2:].abs().max() < 10  # and nothing of the 1e12 of a clamped norm elsewhere
+
+
+def test_identity_scores_that_overflow_are_refused() -> None:
+    crit = MultiModalLoss(3, 2, 2, activation="identity")
+    u = torch.full((2, 2, 3), 1e38)
+    with pytest.raises(ValueError, match="squares are finite with activation='identity'"):
+        crit(u, torch.tensor([0, 1]))
+
+
+def test_all_zero_class_weight_and_one_class_functional_are_refused() -> None:
+    with pytest.raises(ValueError, match="`class_weight` to have at least one positive entry"):
+        MultiModalLoss(3, 2, 2, class_weight=[0.0, 0.0, 0.0])
+    from lightning_mmloss.functional import multimodal_loss
+
+    with pytest.raises(ValueError, match="C >= 2 classes"):
+        multimodal_loss(torch.randn(4, 2, 1), torch.zeros(4, dtype=torch.long), torch.rand(3, 2))
+
+
+def test_shapley_of_an_empty_batch_is_empty() -> None:
+    phi = MultiModalLoss(3, 2, 2).shapley(torch.randn(0, 2, 3))
+    assert phi.shape == (0, 2)
+
+
+@pytest.mark.parametrize("backend", ["fused", "autograd"])
+def test_tiny_gamma_float32_gradients_match_float64(backend: str) -> None:
+    from lightning_mmloss.functional import multimodal_logits
+
+    g = torch.Generator().manual_seed(0)
+    u64 = (2 * torch.randn(16, 3, 5, dtype=torch.float64, generator=g)).requires_grad_()
+    w64 = torch.rand(20, 15, dtype=torch.float64, generator=g).requires_grad_()
+    y = torch.randint(0, 5, (16,), generator=g)
+
+    def grads(u: torch.Tensor, w: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        o = multimodal_logits(u, w, gamma=1e-6, backend=backend)
+        return torch.autograd.grad(torch.nn.functional.cross_entropy(o, y), (u, w))
+
+    ref = grads(u64, w64)
+    got = grads(u64.detach().float().requires_grad_(), w64.detach().float().requires_grad_())
+    for a, r in zip(got, ref, strict=True):
+        assert float((a.double() - r).norm() / r.norm()) < 1e-5
+
+
+@pytest.mark.timeout(600)
+# torch's own compiler stack emits DeprecationWarnings about itself (torch 2.13: autograd.Function
+# instantiation, torch.jit.script_method); none comes from this package
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_default_loss_compiles_with_fullgraph() -> None:
+    torch.manual_seed(0)
+    crit = MultiModalLoss(4, 3, 5)
+    u = torch.randn(32, 3, 4, requires_grad=True)
+    y = torch.randint(0, 4, (32,))
+    compiled = torch.compile(crit, fullgraph=True)
+    loss = compiled(u, y)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), crit(u, y).detach())

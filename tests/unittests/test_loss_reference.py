@@ -232,5 +232,18 @@ def test_auxiliary_unimodal_term_matches_reference(backend: str, reduction: str,
     r_u, r_w = torch.autograd.grad(expected2.sum(), (u2, crit.weight))
     torch.testing.assert_close(g_u, r_u)
     torch.testing.assert_close(g_w, r_w)
-    fused, aux = crit.loss_terms(u, y, modality_mask=mask)
+    total, fused, aux = crit(u, y, modality_mask=mask, return_terms=True)
+    torch.testing.assert_close(total, loss)
     torch.testing.assert_close(fused + 0.7 * aux, loss)
+    ref_fused = reference_total_loss(
+        ref_logits,
+        u.nan_to_num(),
+        y,
+        0.0,
+        mask,
+        cw,
+        kw.get("label_smoothing", 0.0),
+        kw.get("ignore_index", -100),
+        reduction,
+    )
+    torch.testing.assert_close(fused, ref_fused)

@@ -138,3 +138,14 @@ def test_metrics_run_with_deterministic_algorithms() -> None:
     finally:
         torch.use_deterministic_algorithms(before)
     assert torch.isfinite(out["fused/ece"]) and torch.isfinite(agr["conflict"]) and int(sub["occupancy"].sum()) == 60
+
+
+def test_ece_bins_are_closed_on_the_right() -> None:
+    # 8 bins (b/8, (b+1)/8]: confidence 0.625 (right) and 0.6875 (wrong) fall in different bins,
+    # 0.625 in (0.5, 0.625] and 0.6875 in (0.625, 0.75]: ECE = (|1 - 0.625| + |0 - 0.6875|) / 2.
+    # Bins [b/8, (b+1)/8) would put both in one bin: |0.5 - 0.65625| = 0.15625.
+    fused = torch.tensor([[0.625, 0.375], [0.3125, 0.6875]], dtype=torch.float64)
+    target = torch.tensor([0, 0])
+    out = modality_reliability(fused[:, None, :], fused, target, n_bins=8)
+    assert float(out["fused/ece"]) == 0.53125
+    assert float(out["0/ece"]) == 0.53125
