@@ -21,3 +21,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "uci" in item.nodeid.lower():
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _uci_dir(doctest_namespace: dict) -> None:
+    """``UCI_DIR`` in the doctests: where this checkout's data lies (installed code has no default)."""
+    doctest_namespace["UCI_DIR"] = str(UCI_DIR)

@@ -222,9 +222,44 @@ class MultiModalLoss(nn.Module):
             return out
         return (out[0] / self.temperature.to(out[0].dtype), *out[1:])
 
+    def _config(self) -> dict[str, Any]:
+        """What a state must agree on to be loaded: everything that gives the parameter its meaning."""
+        s = self.spec
+        return {
+            "num_classes": s.num_classes,
+            "num_modalities": s.num_modalities,
+            "proxies_per_class": s.proxies_per_class,
+            "modality_names": None if self.modality_names is None else list(self.modality_names),
+            "gamma": s.gamma,
+            "pooling": s.pooling,
+            "attention": s.attention,
+            "normalize_proxies": s.normalize_proxies,
+            "activation": s.activation,
+        }
+
+    def get_extra_state(self) -> dict[str, Any]:
+        """The configuration, saved with the parameters (``state_dict()["_extra_state"]``)."""
+        return {"config": self._config()}
+
+    def set_extra_state(self, state: Any) -> None:
+        """Checked in :meth:`_load_from_state_dict` before anything is copied; nothing to set."""
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # checkpoints written before the temperature existed: load them as uncalibrated
         state_dict.setdefault(prefix + "temperature", torch.ones(()))
+        # ... and before the configuration was saved: nothing to compare
+        extra = state_dict.setdefault(prefix + "_extra_state", None)
+        saved = extra.get("config") if isinstance(extra, dict) else None
+        if saved is not None:
+            mine = self._config()
+            diff = {k: (saved.get(k), v) for k, v in mine.items() if k in saved and saved[k] != v}
+            if diff:
+                # before any tensor is copied: a refused load leaves the module as it was
+                what = ", ".join(f"{k}: saved {a!r}, this loss {b!r}" for k, (a, b) in diff.items())
+                raise ValueError(
+                    f"Expected a MultiModalLoss state with the same configuration as this loss, but got one saved "
+                    f"with a different one ({what}). Build the loss with the saved configuration to load it."
+                )
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- computation ----------------------------------------------------------------------

@@ -435,7 +435,9 @@ class SubgroupMonitor(Callback):
     @rank_zero_only
     def _print_table(self, prefix: str, trainer: Trainer, values: dict[str, Any]) -> None:
         rel = values["reliability"]
-        table = Table(title=f"{prefix} epoch {trainer.current_epoch}: per-modality reliability")
+        # a test has no epoch of its own (from a checkpoint, current_epoch is not the training's)
+        when = f"epoch {trainer.current_epoch}" if prefix.startswith("val") else ""
+        table = Table(title=f"{prefix} {when}: per-modality reliability".replace("  ", " "))
         table.add_column("head")
         for metric in RELIABILITY_METRICS:
             table.add_column(metric, justify="right")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -23,13 +24,96 @@ CORRUPTIONS = ("noise", "swap")
 SOURCE = "https://archive.ics.uci.edu/dataset/72/multiple+features"
 
 
+FEATURES = {"fou": 76, "fac": 216, "kar": 64, "pix": 240, "zer": 47, "mor": 6}
+NUM_CLASSES = 10
+
+
+def _scan_cells(rows: list[str], width: int, num_features: int, where: str) -> np.ndarray:
+    """Parse the instance rows one cell at a time, raising at the first bad one with its position."""
+    values = np.empty((len(rows) - 1, width), dtype=np.float64)
+    for r, line in enumerate(rows[1:], start=2):  # file line numbers, 1-based, header = 1
+        cells = line.split(",")
+        if len(cells) != width:
+            raise ValueError(
+                f"Expected {width} comma-separated fields ({num_features} features and the label) in row {r} of "
+                f"{where!r}, but got {len(cells)}."
+            )
+        for c, cell in enumerate(cells, start=1):
+            try:
+                v = float(cell)
+            except ValueError:
+                raise ValueError(
+                    f"Expected a number in row {r}, column {c} of {where!r}, but got {cell.strip()!r}."
+                ) from None
+            if not math.isfinite(v):
+                raise ValueError(
+                    f"Expected a finite number in row {r}, column {c} of {where!r}, but got {cell.strip()!r} "
+                    "(one non-finite cell would turn the whole column NaN after standardisation)."
+                )
+            values[r - 2, c - 1] = v
+    return values
+
+
+def _read_view(path: Path, num_features: int) -> tuple[Tensor, Tensor]:
+    """One view's CSV, checked cell by cell: features ``(N, D)`` float32 and labels ``(N,)`` int64.
+
+    Expected: a header row of the column indices ``0 .. D-1`` plus one for the label, then one
+    row per instance of ``D`` finite numbers and an integer label in ``0 .. 9``, separated by
+    commas. Every deviation is a ``ValueError`` naming the file, the row and the column.
+    """
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"Expected {where!r} to be a UTF-8 text CSV file, but it is not ({err}).") from err
+    rows = [line for line in text.splitlines() if line.strip()]
+    if not rows:
+        raise ValueError(f"Expected {where!r} to hold a header row and 2000 instances, but the file is empty.")
+    width = num_features + 1
+    header = [c.strip() for c in rows[0].split(",")]
+    if len(header) != width or header[:num_features] != [str(i) for i in range(num_features)]:
+        sep = " (it looks separated by ';': use commas)" if ";" in rows[0] else ""
+        raise ValueError(
+            f"Expected the first row of {where!r} to be the header: the column indices 0..{num_features - 1} and the "
+            f"label's column ({width} comma-separated fields), but got {rows[0][:80]!r}{sep}. A file without its "
+            "header would lose its first instance."
+        )
+    if len(rows) == 1:
+        raise ValueError(f"Expected instances after the header of {where!r}, but the file has only the header.")
+    try:  # the fast path; the cell-by-cell scan below only runs to explain a failure
+        values = np.loadtxt(rows[1:], delimiter=",", dtype=np.float64, ndmin=2)
+        ok = values.shape == (len(rows) - 1, width)
+    except ValueError:
+        ok = False
+    if ok:
+        bad_cells = ~np.isfinite(values)
+        if bad_cells.any():
+            r, c = (int(i) for i in np.argwhere(bad_cells)[0])
+            raise ValueError(
+                f"Expected a finite number in row {r + 2}, column {c + 1} of {where!r}, but got {values[r, c]!r} "
+                "(one non-finite cell would turn the whole column NaN after standardisation)."
+            )
+    else:
+        values = _scan_cells(rows, width, num_features, where)
+    labels = values[:, -1]
+    bad = (labels != np.round(labels)) | (labels < 0) | (labels >= NUM_CLASSES)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ValueError(
+            f"Expected the label (last column) of every row of {where!r} to be an integer in 0..{NUM_CLASSES - 1}, "
+            f"but row {i + 2} has {labels[i]:g}."
+        )
+    return torch.from_numpy(values[:, :-1]).float(), torch.from_numpy(labels).long()
+
+
 def load_views(data_dir: str | Path) -> tuple[dict[str, Tensor], Tensor]:
-    """Read the six CSV files (header row, then features and the label in the last column)."""
+    """Read and check the six CSV files (header row, then features and the label in the last column)."""
     root = Path(data_dir)
     if not root.is_dir():
+        what = "is a file, not a directory" if root.exists() else "does not exist"
         raise FileNotFoundError(
             f"Expected argument `data_dir` to be a directory holding the UCI Multiple Features CSV files, but "
-            f"{str(root)!r} does not exist. Get the data from {SOURCE} (one CSV per view: {', '.join(VIEWS.values())})."
+            f"{str(root)!r} {what}. Get the data from {SOURCE} (one CSV per view: {', '.join(VIEWS.values())})."
         )
     views: dict[str, Tensor] = {}
     labels = None
@@ -37,13 +121,15 @@ def load_views(data_dir: str | Path) -> tuple[dict[str, Tensor], Tensor]:
         path = root / file
         if not path.is_file():
             raise FileNotFoundError(f"Expected the file {file!r} in {str(root)!r} (view {name!r}), but it is missing.")
-        table = np.loadtxt(path, delimiter=",", skiprows=1, dtype=np.float64, ndmin=2)
-        y = torch.from_numpy(table[:, -1]).long()
+        x, y = _read_view(path, FEATURES[name])
         if labels is None:
             labels = y
         elif not torch.equal(labels, y):
-            raise ValueError(f"Expected every view to list the same labels in the same order, but {file!r} differs.")
-        views[name] = torch.from_numpy(table[:, :-1]).float()
+            raise ValueError(
+                f"Expected every view to list the same labels in the same order, but {str(path)!r} differs from "
+                f"{VIEWS['fou']!r} ({len(y)} vs {len(labels)} rows)."
+            )
+        views[name] = x
     assert labels is not None
     return views, labels
 
@@ -86,7 +172,7 @@ class UCIMultipleFeaturesDataModule(_SplitsDataModule):
     Example::
 
         >>> from lightning_mmloss.data import UCIMultipleFeaturesDataModule
-        >>> dm = UCIMultipleFeaturesDataModule("../shared/data/uci-mfeat", corrupt_fraction=0.5)
+        >>> dm = UCIMultipleFeaturesDataModule(UCI_DIR, corrupt_fraction=0.5)  # the folder with the six CSVs
         >>> dm.setup("fit")
         >>> dm.input_dims, len(dm.splits["train"])
         ({'fou': 76, 'fac': 216, 'kar': 64, 'pix': 240, 'zer': 47, 'mor': 6}, 1200)
@@ -96,7 +182,7 @@ class UCIMultipleFeaturesDataModule(_SplitsDataModule):
 
     def __init__(
         self,
-        data_dir: str = "../shared/data/uci-mfeat",
+        data_dir: str,
         fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
         corrupt_fraction: float = 0.0,
         corrupt_views: int = 3,

@@ -114,6 +114,8 @@ QUICK = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=2", "--trainer
 def test_lightning_cli_fit_with_each_config(tmp_path: Path, config: Path) -> None:
     _cli("fit", "--config", str(config), *QUICK, f"--trainer.default_root_dir={tmp_path}", cwd=ROOT)
     assert any(tmp_path.rglob("events.out.tfevents.*")) and any(tmp_path.rglob("*.ckpt"))
+    # the path docs/cli.md gives for `test --ckpt_path` (relative to the run's root dir)
+    assert (tmp_path / "lightning_logs" / "version_0" / "checkpoints" / "last.ckpt").is_file()
 
 
 @pytest.mark.timeout(180)
@@ -131,12 +133,44 @@ def test_lightning_cli_test_and_predict_from_checkpoint(tmp_path: Path) -> None:
     ]
     out = _cli("test", *common, "--trainer.callbacks=[]", cwd=ROOT)
     assert "test/acc" in out.stdout
-    _cli("predict", *common, "--trainer.callbacks=[]", cwd=ROOT)
+    out = _cli("predict", *common, "--trainer.callbacks=[]", cwd=ROOT)
+    assert "UserWarning" not in out.stderr  # LightningCLI's `args` warning, once printed on every call
+    preds = torch.load(tmp_path / "predictions.pt")
+    assert set(preds) >= {"probs", "preds", "unimodal_probs"} and preds["probs"].shape[1] == 2
 
 
-def test_cli_usage(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_usage_version_and_typos(capsys: pytest.CaptureFixture[str]) -> None:
     main([])
     assert "compare" in capsys.readouterr().out
+    main(["--version"])
+    assert capsys.readouterr().out.startswith("lightning-mmloss 0.")
+    with pytest.raises(SystemExit):
+        main(["comapre"])
+    err = capsys.readouterr().err
+    assert "unknown command 'comapre'" in err and "compare" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--epochs", "-1"], "--epochs must be at least 1, got -1"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--fusions", "mm,mm"], r"names each fusion once, got \['mm'\] repeated"),
+        (["--corrupt-fraction", "0.5"], "--corrupt-fraction applies to --data uci-mfeat"),
+        (["--data", "uci-mfeat"], "needs --data-dir"),
+        (["--data", "uci-mfeat", "--data-dir", "{file}"], "is a file; give the folder"),
+        (["--output", "{file}/sub"], "cannot write to --output"),
+        (["--threads", "0"], "--threads must be at least 1"),
+    ],
+)
+def test_compare_refuses_bad_arguments_before_training(tmp_path: Path, args: list[str], match: str) -> None:
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    args = [a.replace("{file}", str(f)) for a in args]
+    if "--output" not in args:
+        args += ["--output", str(tmp_path / "out")]
+    with pytest.raises(SystemExit, match=match):
+        main(["compare", *args])
 
 
 @pytest.mark.parametrize("fusion", FUSIONS)

@@ -97,8 +97,60 @@ def test_uci_split_standardisation_and_corruption() -> None:
 def test_uci_missing_data_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"does not exist. Get the data from https://archive.ics.uci.edu"):
         UCIMultipleFeaturesDataModule(str(tmp_path / "nowhere")).setup()
-    (tmp_path / "mfeat-fou.csv").write_text("0,1\n1,0\n")
+    _uci_copy(tmp_path)
+    (tmp_path / "mfeat-fac.csv").unlink()
     with pytest.raises(FileNotFoundError, match=r"Expected the file 'mfeat-fac.csv' .* \(view 'fac'\)"):
         UCIMultipleFeaturesDataModule(str(tmp_path)).setup()
     with pytest.raises(ValueError, match=r"`corrupt_views` to be at most 5"):
         UCIMultipleFeaturesDataModule(str(tmp_path), corrupt_views=6)
+
+
+def _uci_copy(tmp_path: Path) -> Path:
+    import shutil
+
+    for f in UCI.glob("mfeat-*.csv"):
+        shutil.copy(f, tmp_path / f.name)
+    return tmp_path
+
+
+def _edit(path: Path, row: int, new: str | None) -> None:
+    """Replace (or with None delete) file line ``row`` (1-based; the header is line 1)."""
+    lines = path.read_text().splitlines()
+    if new is None:
+        del lines[row - 1]
+    else:
+        lines[row - 1] = new
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda p: _edit(p, 3, "1,0,0,nan,1.3,1620.2,0"), r"finite number in row 3, column 4 of .*mfeat-mor.csv"),
+        (lambda p: _edit(p, 3, "1,0,0,inf,1.3,1620.2,0"), r"finite number in row 3, column 4"),
+        (lambda p: _edit(p, 5, "1,0,0,133.1,1.3,1620.2,12"), r"integer in 0..9, but row 5 has 12"),
+        (lambda p: _edit(p, 5, "1,0,0,133.1,1.3,1620.2,-1"), r"integer in 0..9, but row 5 has -1"),
+        (lambda p: _edit(p, 5, "1,0,0,133.1,1.3,1620.2,3.7"), r"integer in 0..9, but row 5 has 3.7"),
+        (lambda p: _edit(p, 4, "1,0,0,133.1"), r"7 comma-separated fields .* in row 4 of .*mfeat-mor.csv.*got 4"),
+        (lambda p: _edit(p, 4, "1,0,abc,133.1,1.3,1620.2,0"), r"number in row 4, column 3 of .*, but got 'abc'"),
+        (lambda p: _edit(p, 4, "1,0,,133.1,1.3,1620.2,0"), r"number in row 4, column 3 of .*, but got ''"),
+        (lambda p: _edit(p, 4, "1,0,0,133.1,1.3,1620.2,0,5"), r"in row 4 of .*, but got 8"),
+        (lambda p: p.write_text(p.read_text().replace(",", ";")), r"separated by ';': use commas"),
+        (lambda p: p.write_text(""), r"mfeat-mor.csv' to hold a header row .* the file is empty"),
+        (lambda p: p.write_text("0,1,2,3,4,5,0\n"), r"only the header"),
+        (lambda p: _edit(p, 1, None), r"first row of .*mfeat-mor.csv' to be the header"),
+        (lambda p: p.write_bytes(b"\xff\xfe\x00garbage"), r"UTF-8 text CSV file"),
+    ],
+)
+def test_uci_bad_files_name_the_file_row_and_column(tmp_path: Path, change, match: str) -> None:
+    root = _uci_copy(tmp_path)
+    change(root / "mfeat-mor.csv")
+    with pytest.raises(ValueError, match=match):
+        UCIMultipleFeaturesDataModule(str(root)).setup()
+
+
+def test_uci_data_dir_that_is_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "file.csv"
+    f.write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"is a file, not a directory"):
+        UCIMultipleFeaturesDataModule(str(f)).setup()

@@ -242,3 +242,22 @@ def test_plain_torch_import_does_not_load_lightning() -> None:
     from lightning_mmloss import MultiModalLossMixin, SubgroupMonitor  # the lazy names resolve
 
     assert MultiModalLossMixin.__name__ == "MultiModalLossMixin" and SubgroupMonitor.__name__ == "SubgroupMonitor"
+
+
+def test_state_dict_refuses_another_configuration_and_leaves_the_module_unchanged() -> None:
+    source = MultiModalLoss(4, 3, 6)  # weight (24, 12)
+    other = MultiModalLoss(6, 2, 4)  # weight (24, 12) as well: shapes alone would "match"
+    before = other.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"num_classes: saved 4, this loss 6.*num_modalities: saved 3, this loss 2"):
+        other.load_state_dict(source.state_dict())
+    assert torch.equal(other.weight, before)
+    with pytest.raises(ValueError, match=r"gamma: saved 0.1, this loss 0.2"):
+        MultiModalLoss(4, 3, 6, gamma=0.2).load_state_dict(source.state_dict())
+    named = MultiModalLoss(4, ["a", "b"], 2)
+    with pytest.raises(ValueError, match=r"modality_names: saved \['a', 'b'\], this loss \['b', 'a'\]"):
+        MultiModalLoss(4, ["b", "a"], 2).load_state_dict(named.state_dict())
+    same = MultiModalLoss(4, 3, 6)
+    same.load_state_dict(source.state_dict())
+    assert torch.equal(same.weight, source.weight)
+    legacy = {k: v for k, v in source.state_dict().items() if k != "_extra_state"}  # older checkpoints
+    MultiModalLoss(4, 3, 6).load_state_dict(legacy)
