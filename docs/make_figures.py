@@ -50,7 +50,9 @@ def main() -> None:
             {k: v if k == "fusion" else (float(v) if v else math.nan) for k, v in r.items()} for r in csv.DictReader(f)
         ]
     modalities = [k[: -len("_acc")] for k in rows[0] if k.endswith("_acc") and k != "test_acc"]
-    _plot(rows, modalities, OUT / "compare_ehh.png", "synthetic 'ehh' (default): 5 fusions x 5 seeds, 60 epochs")
+    fusions, seeds = len({r["fusion"] for r in rows}), len({r["seed"] for r in rows})
+    title = f"synthetic 'ehh' (default): {fusions} fusions x {seeds} seeds, 60 epochs"
+    _plot(rows, modalities, OUT / "compare_ehh.png", title)
     print("wrote", ", ".join(sorted(p.name for p in OUT.glob("*.png"))))
 
 
