@@ -11,7 +11,7 @@ CONSTRAINTS ?= constraints-cpu.txt
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[dev,docs]"
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e ".[dev,docs,experiments]"
 	touch $(STAMP)
 
 demo: $(STAMP)

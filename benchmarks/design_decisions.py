@@ -25,7 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from lightning_mmloss.compare import FLIP_GAP
+from lightning_mmloss.experiments.compare import FLIP_GAP
 
 # name -> (fusion, model keyword arguments)
 
@@ -78,9 +78,9 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
-    from lightning_mmloss.classifier import MultimodalClassifier
-    from lightning_mmloss.compare import evaluate
-    from lightning_mmloss.data import SyntheticMultimodalDataModule, UCIMultipleFeaturesDataModule
+    from lightning_mmloss.experiments.classifier import MultimodalClassifier
+    from lightning_mmloss.experiments.compare import evaluate
+    from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule, UCIMultipleFeaturesDataModule
 
     fusion, kwargs = CANDIDATES[candidate]
     spec = SCENARIO_DATA[scenario]
@@ -142,7 +142,7 @@ def _oracle_attribution(model: Any, dm: Any) -> float:
     """
     import torch
 
-    from lightning_mmloss.data.synthetic import _class_means
+    from lightning_mmloss.experiments.data.synthetic import _class_means
 
     g = torch.Generator().manual_seed(dm.seed * 7919 + 17)  # as SyntheticMultimodalDataModule.generate
     means = _class_means(dm.num_classes, dm.num_modalities, dm.num_features, dm.signal, g)  # (M, C, D)

@@ -16,9 +16,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lightning_mmloss.classifier import MultimodalClassifier
-from lightning_mmloss.compare import _plot
-from lightning_mmloss.data import SyntheticMultimodalDataModule
+from lightning_mmloss.experiments.classifier import MultimodalClassifier
+from lightning_mmloss.experiments.compare import _plot
+from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
 from lightning_mmloss.functional import modality_agreement, subgroup_statistics
 from lightning_mmloss.plotting import agreement_matrix_figure, subgroup_profile_figure
 

@@ -13,8 +13,8 @@ import argparse
 import lightning as L
 
 from lightning_mmloss import SubgroupMonitor
-from lightning_mmloss.classifier import MultimodalClassifier
-from lightning_mmloss.data import SyntheticMultimodalDataModule
+from lightning_mmloss.experiments.classifier import MultimodalClassifier
+from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()

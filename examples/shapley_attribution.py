@@ -10,8 +10,8 @@ import argparse
 import lightning as L
 import torch
 
-from lightning_mmloss.classifier import MultimodalClassifier
-from lightning_mmloss.data import SyntheticMultimodalDataModule
+from lightning_mmloss.experiments.classifier import MultimodalClassifier
+from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=40)

@@ -21,6 +21,7 @@ _LAZY = {
     "ModalityAgreement": "lightning_mmloss.metrics",
     "ModalityReliability": "lightning_mmloss.metrics",
     "SubgroupStatistics": "lightning_mmloss.metrics",
+    "TemperatureFit": "lightning_mmloss.metrics",
 }
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "PAPER_OPTIONS",
     "SubgroupMonitor",
     "SubgroupStatistics",
+    "TemperatureFit",
     "__version__",
 ]
 

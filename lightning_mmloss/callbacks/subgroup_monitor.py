@@ -75,7 +75,7 @@ class SubgroupMonitor(Callback):
     return what this callback reads). Batches whose target is ``ignore_index`` are left out. A
     model without the MultiModal loss that has ``modality_names`` and ``num_classes`` and whose
     steps return ``unimodal_probs``, ``fused_probs`` and ``target`` (e.g.
-    :class:`~lightning_mmloss.classifier.MultimodalClassifier` with a baseline fusion) gets the
+    :class:`~lightning_mmloss.experiments.classifier.MultimodalClassifier` with a baseline fusion) gets the
     reliability and agreement part only.
 
     Args:

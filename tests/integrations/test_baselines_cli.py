@@ -11,10 +11,10 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_mmloss.classifier import FUSIONS, MultimodalClassifier
-from lightning_mmloss.cli import main
-from lightning_mmloss.compare import evaluate
-from lightning_mmloss.data import SyntheticMultimodalDataModule
+from lightning_mmloss.experiments.classifier import FUSIONS, MultimodalClassifier
+from lightning_mmloss.experiments.cli import main
+from lightning_mmloss.experiments.compare import evaluate
+from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
 from tests.helpers.models import trainer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,7 +100,11 @@ def test_compare_rejects_unknown_fusion(tmp_path: Path) -> None:
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     proc = subprocess.run(
-        [sys.executable, "-m", "lightning_mmloss.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=170
+        [sys.executable, "-m", "lightning_mmloss.experiments.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=170,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc

@@ -65,8 +65,8 @@ def _commands(page: Path) -> list[list[str]]:
 
 @pytest.mark.parametrize("page", [p for p in PAGES if _blocks(p, "bash")], ids=lambda p: p.name)
 def test_bash_lines_match_the_code(page: Path) -> None:
-    from lightning_mmloss.cli import COMMANDS
-    from lightning_mmloss.compare import build_parser
+    from lightning_mmloss.experiments.cli import COMMANDS
+    from lightning_mmloss.experiments.compare import build_parser
 
     makefile = (ROOT / "Makefile").read_text()
     for argv in _commands(page):

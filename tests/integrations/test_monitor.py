@@ -150,8 +150,8 @@ def test_monitor_argument_errors(tmp_path: Path) -> None:
 
 
 def test_baseline_fusion_gets_reliability_and_agreement_only(tmp_path: Path) -> None:
-    from lightning_mmloss.classifier import MultimodalClassifier
-    from lightning_mmloss.data import SyntheticMultimodalDataModule
+    from lightning_mmloss.experiments.classifier import MultimodalClassifier
+    from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
 
     dm = SyntheticMultimodalDataModule("ehh", preset="tiny", batch_size=50)
     model = MultimodalClassifier(["m1", "m2", "m3"], dict.fromkeys(["m1", "m2", "m3"], 8), 2, fusion="sum", hidden=[8])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lightning_mmloss.data import SyntheticMultimodalDataModule, UCIMultipleFeaturesDataModule
+from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule, UCIMultipleFeaturesDataModule
 
 UCI = Path(__file__).resolve().parents[3] / "shared" / "data" / "uci-mfeat"
 

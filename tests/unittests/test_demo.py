@@ -1,4 +1,4 @@
-from lightning_mmloss.demo import main
+from lightning_mmloss.experiments.demo import main
 
 
 def test_demo_runs_and_learns() -> None:

@@ -72,7 +72,7 @@ class MultimodalClassifier(MultiModalLossMixin, L.LightningModule):
 
     Example::
 
-        >>> from lightning_mmloss.classifier import MultimodalClassifier
+        >>> from lightning_mmloss.experiments.classifier import MultimodalClassifier
         >>> model = MultimodalClassifier(["a", "b"], {"a": 5, "b": 3}, num_classes=2, fusion="concat")
         >>> batch = {"a": torch.randn(4, 5), "b": torch.randn(4, 3)}
         >>> model.fused_logits(model.stacked_logits(batch)).shape

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from lightning_mmloss import _validation as V
-from lightning_mmloss.data._dataset import MultiviewDataset, _SplitsDataModule
+from lightning_mmloss.experiments.data._dataset import MultiviewDataset, _SplitsDataModule
 
 VIEWS = {
     "fou": "mfeat-fou.csv",  # 76 Fourier coefficients of the character shapes
@@ -171,7 +171,7 @@ class UCIMultipleFeaturesDataModule(_SplitsDataModule):
 
     Example::
 
-        >>> from lightning_mmloss.data import UCIMultipleFeaturesDataModule
+        >>> from lightning_mmloss.experiments.data import UCIMultipleFeaturesDataModule
         >>> dm = UCIMultipleFeaturesDataModule(UCI_DIR, corrupt_fraction=0.5)  # the folder with the six CSVs
         >>> dm.setup("fit")
         >>> dm.input_dims, len(dm.splits["train"])

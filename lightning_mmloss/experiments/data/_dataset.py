@@ -22,7 +22,7 @@ class MultiviewDataset(Dataset):
     Example::
 
         >>> import torch
-        >>> from lightning_mmloss.data import MultiviewDataset
+        >>> from lightning_mmloss.experiments.data import MultiviewDataset
         >>> ds = MultiviewDataset({"a": torch.zeros(3, 2), "b": torch.ones(3, 4)}, torch.tensor([0, 1, 0]))
         >>> item = ds[1]
         >>> sorted(item), item["b"].shape, item["informative"].tolist()

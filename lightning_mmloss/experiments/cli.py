@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_mmloss.classifier import MultimodalClassifier
+from lightning_mmloss.experiments.classifier import MultimodalClassifier
 
 COMMANDS = ("compare", "fit", "validate", "test", "predict")
 USAGE = """usage: lightning-mmloss [--version] {compare,fit,validate,test,predict} ...
@@ -68,7 +68,7 @@ class MultimodalCLI(LightningCLI):
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Dispatch ``compare`` to :func:`lightning_mmloss.compare.compare_main`, the rest to LightningCLI."""
+    """Dispatch ``compare`` to :func:`lightning_mmloss.experiments.compare.compare_main`, the rest to LightningCLI."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
         print(USAGE)
@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(USAGE, file=sys.stderr)
         raise SystemExit(2)
     if args[0] == "compare":
-        from lightning_mmloss.compare import compare_main
+        from lightning_mmloss.experiments.compare import compare_main
 
         compare_main(args[1:])
         return

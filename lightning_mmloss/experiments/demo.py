@@ -1,6 +1,6 @@
 """A short demo: three linear heads on synthetic data, trained with :class:`MultiModalLoss`.
 
-Run ``python -m lightning_mmloss.demo``. Modality ``noise`` never carries the class signal; for a
+Run ``python -m lightning_mmloss.experiments.demo``. Modality ``noise`` never carries the class signal; for a
 third of the instances only ``left`` carries it, for a third only ``right``, for the rest both. The demo
 prints the fused and per-modality test accuracy and the learned subgroups (which proxies the
 test instances fall into, and which modalities they trust).

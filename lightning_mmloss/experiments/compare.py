@@ -21,9 +21,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import Tensor
 
-from lightning_mmloss.classifier import FUSIONS, MultimodalClassifier
-from lightning_mmloss.data import MultiviewDataset, SyntheticMultimodalDataModule, UCIMultipleFeaturesDataModule
-from lightning_mmloss.data.synthetic import PRESETS, SCENARIOS
+from lightning_mmloss.experiments.classifier import FUSIONS, MultimodalClassifier
+from lightning_mmloss.experiments.data import (
+    MultiviewDataset,
+    SyntheticMultimodalDataModule,
+    UCIMultipleFeaturesDataModule,
+)
+from lightning_mmloss.experiments.data.synthetic import PRESETS, SCENARIOS
 from lightning_mmloss.functional import modality_reliability
 
 DEFAULT_EPOCHS = {"synthetic": 60, "uci-mfeat": 60}
@@ -66,8 +70,8 @@ def evaluate(
 
     Example::
 
-        >>> from lightning_mmloss.classifier import MultimodalClassifier
-        >>> from lightning_mmloss.data import SyntheticMultimodalDataModule
+        >>> from lightning_mmloss.experiments.classifier import MultimodalClassifier
+        >>> from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
         >>> dm = SyntheticMultimodalDataModule("instance", preset="tiny")
         >>> dm.setup()
         >>> model = MultimodalClassifier(dm.modalities, dm.input_dims, 2, fusion="mm", proxies_per_class=3)

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from lightning_mmloss import _validation as V
-from lightning_mmloss.data._dataset import MultiviewDataset, _SplitsDataModule
+from lightning_mmloss.experiments.data._dataset import MultiviewDataset, _SplitsDataModule
 
 SCENARIOS = ("ehh", "instance", "conflict")
 # Sizes per preset. ``signal`` is the distance between a class mean and the origin, in units of
@@ -79,7 +79,7 @@ class SyntheticMultimodalDataModule(_SplitsDataModule):
 
     Example::
 
-        >>> from lightning_mmloss.data import SyntheticMultimodalDataModule
+        >>> from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
         >>> dm = SyntheticMultimodalDataModule("instance", preset="tiny", batch_size=16)
         >>> dm.setup("fit")
         >>> batch = next(iter(dm.train_dataloader()))

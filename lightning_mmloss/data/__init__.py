@@ -1,7 +1,0 @@
-"""LightningDataModules: synthetic multimodal scenarios and UCI Multiple Features."""
-
-from lightning_mmloss.data._dataset import MultiviewDataset
-from lightning_mmloss.data.synthetic import SyntheticMultimodalDataModule
-from lightning_mmloss.data.uci_mfeat import UCIMultipleFeaturesDataModule
-
-__all__ = ["MultiviewDataset", "SyntheticMultimodalDataModule", "UCIMultipleFeaturesDataModule"]
