@@ -77,3 +77,24 @@ def trainer(tmp_path, **kwargs) -> L.Trainer:
     )
     opts.update(kwargs)
     return L.Trainer(**opts)
+
+
+def retry_spawn_abort(run, *args, **kwargs):
+    """Run ``run(*args, **kwargs)`` (a ddp_spawn fit/validate) and rerun it once if a child aborted.
+
+    Why: spawned children have died at exit with "terminate called without an active exception"
+    (SIGABRT) on clean code, once in many runs, outside any of our code; Lightning's own suite sees
+    the same with ddp_spawn on CPU (Lightning-AI/pytorch-lightning#20620, open). Only that crash is
+    retried: every assertion and any other error of the run still fails the test at once.
+    """
+    from torch.multiprocessing.spawn import ProcessExitedException
+
+    try:
+        return run(*args, **kwargs)
+    except ProcessExitedException as err:
+        if "SIGABRT" not in str(err):
+            raise
+        import warnings
+
+        warnings.warn(f"ddp_spawn child aborted ({err}); retrying once", RuntimeWarning, stacklevel=2)
+        return run(*args, **kwargs)

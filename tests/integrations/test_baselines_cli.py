@@ -15,7 +15,7 @@ from lightning_mmloss.experiments.classifier import FUSIONS, MultimodalClassifie
 from lightning_mmloss.experiments.cli import main
 from lightning_mmloss.experiments.compare import evaluate
 from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
-from tests.helpers.models import trainer
+from tests.helpers.models import retry_spawn_abort, trainer
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -202,9 +202,15 @@ def test_baselines_under_ddp_keep_replicas_identical(tmp_path: Path, fusion: str
     # OGM-GE's coefficients and Gaussian noise must be the same on every rank, or replicas drift
     L.seed_everything(0)
     dm = SyntheticMultimodalDataModule("ehh", preset="tiny", batch_size=50)
-    model = MultimodalClassifier(["m1", "m2", "m3"], dict.fromkeys(["m1", "m2", "m3"], 8), 2, fusion=fusion, hidden=[8])
-    t = trainer(tmp_path, strategy="ddp_spawn", devices=2, max_epochs=3, callbacks=[_SaveRankHeads(str(tmp_path))])
-    t.fit(model, dm)
+
+    def run() -> None:
+        L.seed_everything(0)
+        names = ["m1", "m2", "m3"]
+        model = MultimodalClassifier(names, dict.fromkeys(names, 8), 2, fusion=fusion, hidden=[8])
+        t = trainer(tmp_path, strategy="ddp_spawn", devices=2, max_epochs=3, callbacks=[_SaveRankHeads(str(tmp_path))])
+        t.fit(model, dm)
+
+    retry_spawn_abort(run)
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k

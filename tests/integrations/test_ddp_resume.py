@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger
 
 from lightning_mmloss import SubgroupMonitor
-from tests.helpers.models import ThreeHeadNet, loaders, trainer
+from tests.helpers.models import ThreeHeadNet, loaders, retry_spawn_abort, trainer
 
 
 class _SaveRankProxies(Callback):
@@ -52,16 +52,20 @@ def test_ddp_spawn_validation_metrics_equal_single_process(tmp_path: Path) -> No
     single.validate(model, val, verbose=False)
     expected = _monitored(_csv_last_row(single.logger.log_dir))
 
-    model2 = ThreeHeadNet()
-    model2.load_state_dict(state)
-    ddp = trainer(
-        tmp_path,
-        strategy="ddp_spawn",
-        devices=2,
-        logger=CSVLogger(str(tmp_path), name="ddp", version=0),
-        callbacks=[SubgroupMonitor(print_summary=False, images_every_n_epochs=None)],
-    )
-    ddp.validate(model2, val, verbose=False)
+    def run_ddp() -> L.Trainer:
+        model2 = ThreeHeadNet()
+        model2.load_state_dict(state)
+        ddp = trainer(
+            tmp_path,
+            strategy="ddp_spawn",
+            devices=2,
+            logger=CSVLogger(str(tmp_path), name="ddp", version=0),
+            callbacks=[SubgroupMonitor(print_summary=False, images_every_n_epochs=None)],
+        )
+        ddp.validate(model2, val, verbose=False)
+        return ddp
+
+    ddp = retry_spawn_abort(run_ddp)
     got = _monitored(_csv_last_row(ddp.logger.log_dir))
     # loss, acc, temperature, 20 reliability, 6 rates, 2 subgroup
     assert len(expected) == 31 and got.keys() == expected.keys()
@@ -76,11 +80,18 @@ def test_ddp_spawn_validation_metrics_equal_single_process(tmp_path: Path) -> No
 
 @pytest.mark.timeout(240)
 def test_ddp_spawn_fit_keeps_proxies_identical_on_both_ranks(tmp_path: Path) -> None:
-    L.seed_everything(0)
-    model = ThreeHeadNet()
     train, val = loaders(n_train=128, n_val=64)
-    t = trainer(tmp_path, strategy="ddp_spawn", devices=2, max_epochs=2, callbacks=[_SaveRankProxies(str(tmp_path))])
-    t.fit(model, train, val)
+
+    def run() -> ThreeHeadNet:
+        L.seed_everything(0)
+        model = ThreeHeadNet()
+        t = trainer(
+            tmp_path, strategy="ddp_spawn", devices=2, max_epochs=2, callbacks=[_SaveRankProxies(str(tmp_path))]
+        )
+        t.fit(model, train, val)
+        return model
+
+    model = retry_spawn_abort(run)
     w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     assert torch.equal(w0, w1)
     assert torch.equal(model.mm_loss.weight.detach(), w0)  # ddp_spawn hands rank 0's weights back
