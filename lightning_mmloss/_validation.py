@@ -152,6 +152,13 @@ def coerce_unimodal(
     for lab, t in zip(label, parts, strict=True):
         if not isinstance(t, Tensor):
             raise TypeError(f"Expected {lab} to be a tensor of shape (B, C), but got {type(t).__name__}.")
+        if t.dim() == 3:
+            raise ValueError(
+                f"Expected {lab} to have shape (B, C), but got shape {_shape(t)}, which looks token- or frame-level "
+                "(B, T, C). The fusion is per instance: flatten tokens into instances, "
+                "`{name: u.flatten(0, 1) for name, u in logits.items()}` and `target.flatten()`, with padded "
+                "positions' targets set to `ignore_index` (or pool over T first for one label per sequence)."
+            )
         if t.dim() != 2:
             raise ValueError(f"Expected {lab} to have shape (B, C), but got shape {_shape(t)}.")
     first = parts[0]
@@ -168,6 +175,12 @@ def check_unimodal_tensor(u: Tensor, num_modalities: int | None, num_classes: in
     """Check rank, dtype, ``M`` and ``C`` of a stacked ``(B, M, C)`` input."""
     m = "M" if num_modalities is None else f"M={num_modalities}"
     c = "C" if num_classes is None else f"C={num_classes}"
+    if u.dim() == 4:
+        raise ValueError(
+            f"Expected argument `unimodal_logits` to have shape (B, {m}, {c}), but got shape {_shape(u)}, which looks "
+            "token- or frame-level (B, T, M, C). The fusion is per instance: flatten tokens into instances, "
+            "`u.flatten(0, 1)` and `target.flatten()`, with padded positions' targets set to `ignore_index`."
+        )
     if u.dim() != 3:
         raise ValueError(f"Expected argument `unimodal_logits` to have shape (B, {m}, {c}), but got shape {_shape(u)}.")
     if not u.is_floating_point():

@@ -132,6 +132,7 @@ class SubgroupMonitor(Callback):
     @staticmethod
     def _loss_of(pl_module: LightningModule) -> MultiModalLoss:
         loss = getattr(pl_module, "mm_loss", None)
+        loss = getattr(loss, "_orig_mod", loss)  # torch.compile(self.mm_loss) wraps the module
         if not isinstance(loss, MultiModalLoss):
             raise RuntimeError(
                 f"SubgroupMonitor needs a model built with MultiModalLossMixin and configured with "
@@ -142,6 +143,7 @@ class SubgroupMonitor(Callback):
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         loss = getattr(pl_module, "mm_loss", None)
+        loss = getattr(loss, "_orig_mod", loss)
         if isinstance(loss, MultiModalLoss):
             names = list(loss.modality_names) if loss.modality_names else [str(i) for i in range(loss.num_modalities)]
             num_classes, ignore_index = loss.num_classes, loss.ignore_index
@@ -202,7 +204,9 @@ class SubgroupMonitor(Callback):
             self._metrics[(prefix, idx)] = self._new_metrics(pl_module.device)
 
     # -- accumulation -----------------------------------------------------------------------
-    def _update(self, prefix: str, pl_module: LightningModule, outputs: Any, dataloader_idx: int = 0) -> None:
+    def _update(
+        self, prefix: str, pl_module: LightningModule, outputs: Any, batch: Any = None, dataloader_idx: int = 0
+    ) -> None:
         key = (prefix, dataloader_idx)
         if key not in self._metrics:  # a loader the epoch start did not announce
             self._metrics[key] = self._new_metrics(pl_module.device)
@@ -211,10 +215,8 @@ class SubgroupMonitor(Callback):
             self._update_probs_only(metrics, outputs)
             return
         if not isinstance(outputs, dict) or not isinstance(outputs.get("fusion"), FusionOutput):
-            raise RuntimeError(
-                "SubgroupMonitor expects the validation/test step to return MultiModalLossMixin's dict "
-                "(with 'fusion', 'target', 'modality_mask'); keep the mixin's steps or return their output."
-            )
+            # a model with steps of its own: fuse here, from the model's unimodal_logits(batch)
+            outputs = self._fuse_batch(pl_module, batch)
         fusion: FusionOutput = outputs["fusion"]
         target: Tensor = outputs["target"]
         mask: Tensor | None = outputs.get("modality_mask")
@@ -233,6 +235,23 @@ class SubgroupMonitor(Callback):
             if not bool(keep.all()):
                 u = u[keep]
             metrics["shapley"].update(self._loss_of(pl_module).shapley(u, modality_mask=mask))
+
+    def _fuse_batch(self, pl_module: LightningModule, batch: Any) -> dict[str, Any]:
+        """What the mixin's step returns, computed from the batch (one extra pass of the heads)."""
+        unimodal = getattr(pl_module, "unimodal_logits", None)
+        if batch is None or not callable(unimodal) or not callable(getattr(pl_module, "get_target", None)):
+            raise RuntimeError(
+                "SubgroupMonitor needs the validation/test step to return MultiModalLossMixin's dict (with 'fusion', "
+                "'target', 'modality_mask'), or a model with `unimodal_logits(batch)` and `get_target(batch)` (the "
+                "mixin's) so that it can fuse the batch itself."
+            )
+        loss = self._loss_of(pl_module)
+        with torch.no_grad():
+            u = loss.stack_logits(unimodal(batch))
+            mask = pl_module.get_modality_mask(batch) if hasattr(pl_module, "get_modality_mask") else None
+            target = pl_module.get_target(batch)
+            fusion = loss.fuse(u, mask)
+        return {"fusion": fusion, "target": target, "modality_mask": mask, "unimodal_logits": u}
 
     @staticmethod
     def _to_device(metrics: dict[str, Any], device: torch.device) -> None:
@@ -271,7 +290,7 @@ class SubgroupMonitor(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         if self._val_active:
-            self._update("val", pl_module, outputs, dataloader_idx)
+            self._update("val", pl_module, outputs, batch, dataloader_idx)
 
     @override
     def on_test_batch_end(
@@ -283,7 +302,7 @@ class SubgroupMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        self._update("test", pl_module, outputs, dataloader_idx)
+        self._update("test", pl_module, outputs, batch, dataloader_idx)
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -223,3 +223,30 @@ def test_warns_when_a_fit_logs_nothing(tmp_path: Path) -> None:
     monitor.val_runs = 1  # as if resumed after the first validation run: the next 4 are skipped
     with pytest.warns(UserWarning, match="SubgroupMonitor logged nothing in this fit"):
         trainer(tmp_path, max_epochs=2, callbacks=[monitor]).fit(model, train, val)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's compiler stack about itself, on import
+def test_model_with_its_own_validation_step_and_a_compiled_loss(tmp_path: Path) -> None:
+    class OwnSteps(ThreeHeadNet):
+        def validation_step(self, batch, batch_idx):  # returns nothing: the monitor fuses itself
+            self.log("val/custom", 1.0)
+
+    L.seed_everything(0)
+    own = OwnSteps()
+    train, val = loaders()
+    monitor = SubgroupMonitor(print_summary=False, images_every_n_epochs=None, shapley=True)
+    trainer(tmp_path, max_epochs=1, callbacks=[monitor]).fit(own, train, val)
+    reference = SubgroupMonitor(print_summary=False, images_every_n_epochs=None, shapley=True)
+    trainer(tmp_path, callbacks=[reference]).validate(_same(own), val, verbose=False)
+    assert monitor.last_metrics.keys() == reference.last_metrics.keys()
+    for k, v in reference.last_metrics.items():
+        assert monitor.last_metrics[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    own.mm_loss = torch.compile(own.mm_loss)  # wrapped (compiled on first call): still recognised
+    assert SubgroupMonitor._loss_of(own) is own.mm_loss._orig_mod
+
+
+def _same(model: ThreeHeadNet) -> ThreeHeadNet:
+    """A plain ThreeHeadNet (the mixin's steps) with the same weights and temperature."""
+    twin = ThreeHeadNet()
+    twin.load_state_dict(model.state_dict())
+    return twin

@@ -274,3 +274,19 @@ def test_default_loss_compiles_with_fullgraph() -> None:
     loss = compiled(u, y)
     loss.backward()
     torch.testing.assert_close(loss.detach(), crit(u, y).detach())
+
+
+def test_token_level_logits_are_refused_with_the_recipe_and_the_recipe_works() -> None:
+    crit = MultiModalLoss(4, ["audio", "video"], 2)
+    B, T = 3, 5
+    logits = {"audio": torch.randn(B, T, 4), "video": torch.randn(B, T, 4)}
+    target = torch.randint(0, 4, (B, T))
+    target[0, 3:] = -100  # padding
+    with pytest.raises(ValueError, match=r"looks token- or frame-level \(B, T, C\).*u.flatten\(0, 1\)"):
+        crit(logits, target)
+    with pytest.raises(ValueError, match=r"looks token- or frame-level \(B, T, M, C\)"):
+        crit(torch.randn(B, T, 2, 4), target)
+    flat = crit({k: v.flatten(0, 1) for k, v in logits.items()}, target.flatten())
+    kept = target.flatten() != -100
+    alone = crit({k: v.flatten(0, 1)[kept] for k, v in logits.items()}, target.flatten()[kept])
+    torch.testing.assert_close(flat, alone)  # the padded positions count for nothing
