@@ -69,7 +69,9 @@ class TimedMonitor(SubgroupMonitor):
         self._acc += time.perf_counter() - t0
 
     def on_validation_epoch_start(self, trainer, pl_module) -> None:
-        self._acc = 0.0
+        t0 = time.perf_counter()
+        super().on_validation_epoch_start(trainer, pl_module)  # creates the epoch's metrics
+        self._acc = time.perf_counter() - t0
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         t0 = time.perf_counter()

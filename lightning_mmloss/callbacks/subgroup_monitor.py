@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -357,13 +358,14 @@ class SubgroupMonitor(Callback):
                 m.reset()
         if not tables:
             return
-        # Into Lightning's metric store, as LearningRateMonitor does, so that ModelCheckpoint and
-        # EarlyStopping can monitor them and the parent process of ddp_spawn gets them back; and
-        # straight to the loggers (the values are already synchronised across processes).
-        device = pl_module.device
-        trainer.callback_metrics.update({k: torch.tensor(v, device=device) for k, v in scalars.items()})
-        for logger in trainer.loggers:
-            logger.log_metrics(scalars, step=trainer.global_step)
+        # Through LightningModule.log, so that they are where Lightning users look: in
+        # callback_metrics (ModelCheckpoint, EarlyStopping, the parent process of ddp_spawn), in
+        # what trainer.validate()/test() return, and in every logger. The values are already
+        # synchronised across processes (the metrics' states were reduced): no second sync.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")  # see above
+            for name, value in scalars.items():
+                pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False, add_dataloader_idx=False)
         self._last_metrics = scalars
         every = self.images_every_n_epochs
         if every is not None and (prefix == "test" or self.epochs_logged % every == 0):
