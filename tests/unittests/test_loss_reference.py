@@ -208,42 +208,21 @@ def test_auxiliary_unimodal_term_matches_reference(backend: str, reduction: str,
         mask = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=torch.bool)
         with torch.no_grad():  # absent entries are NaN placeholders: they must not reach value or gradient
             u[~mask] = float("nan")
-    ref_logits = reference_fuse(u.nan_to_num(), crit.weight, K, mask=mask)["logits"]
-    expected = reference_total_loss(
-        ref_logits,
-        u.nan_to_num(),
-        y,
-        0.7,
-        mask,
-        cw,
-        kw.get("label_smoothing", 0.0),
-        kw.get("ignore_index", -100),
-        reduction,
-    )
+    smoothing, ignore = kw.get("label_smoothing", 0.0), kw.get("ignore_index", -100)
+
+    def reference(u_ref: torch.Tensor, aux_weight: float) -> torch.Tensor:
+        logits = reference_fuse(u_ref, crit.weight, K, mask=mask)["logits"]
+        return reference_total_loss(logits, u_ref, y, aux_weight, mask, cw, smoothing, ignore, reduction)
+
     loss = crit(u, y, modality_mask=mask)
-    torch.testing.assert_close(loss, expected)
+    torch.testing.assert_close(loss, reference(u.nan_to_num(), 0.7))
     g_u, g_w = torch.autograd.grad(loss.sum(), (u, crit.weight))
     assert torch.isfinite(g_u).all()
     u2 = u.detach().nan_to_num().requires_grad_(True)
-    ref_logits2 = reference_fuse(u2, crit.weight, K, mask=mask)["logits"]
-    expected2 = reference_total_loss(
-        ref_logits2, u2, y, 0.7, mask, cw, kw.get("label_smoothing", 0.0), kw.get("ignore_index", -100), reduction
-    )
-    r_u, r_w = torch.autograd.grad(expected2.sum(), (u2, crit.weight))
+    r_u, r_w = torch.autograd.grad(reference(u2, 0.7).sum(), (u2, crit.weight))
     torch.testing.assert_close(g_u, r_u)
     torch.testing.assert_close(g_w, r_w)
     total, fused, aux = crit(u, y, modality_mask=mask, return_terms=True)
     torch.testing.assert_close(total, loss)
     torch.testing.assert_close(fused + 0.7 * aux, loss)
-    ref_fused = reference_total_loss(
-        ref_logits,
-        u.nan_to_num(),
-        y,
-        0.0,
-        mask,
-        cw,
-        kw.get("label_smoothing", 0.0),
-        kw.get("ignore_index", -100),
-        reduction,
-    )
-    torch.testing.assert_close(fused, ref_fused)
+    torch.testing.assert_close(fused, reference(u.nan_to_num(), 0.0))
