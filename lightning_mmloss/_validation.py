@@ -375,3 +375,41 @@ def _raise_if_nonfinite(u: Tensor, present: Tensor | None, names: tuple[str, ...
         f"{n_nan} NaN and {n_nonfinite - n_nan} infinite values (per modality: {where}). "
         "Check the encoder for divergence, or mark absent modalities with `modality_mask`."
     )
+
+
+def check_metric_inputs(
+    unimodal_probs: Tensor, fused_probs: Tensor, target: Tensor, modality_mask: Tensor | None = None
+) -> tuple[int, int, int]:
+    """Shapes and dtypes shared by the metrics (no value checks, no sync); returns ``(B, M, C)``.
+
+    As for the loss: a wrong shape is a ``ValueError``, a wrong kind of tensor a ``TypeError``.
+    """
+    if not isinstance(unimodal_probs, Tensor) or unimodal_probs.dim() != 3:
+        got = _shape(unimodal_probs) if isinstance(unimodal_probs, Tensor) else type(unimodal_probs).__name__
+        raise ValueError(f"Expected argument `unimodal_probs` to have shape (B, M, C), but got {got}.")
+    B, M, C = unimodal_probs.shape
+    if not isinstance(fused_probs, Tensor) or fused_probs.shape != (B, C):
+        got = _shape(fused_probs) if isinstance(fused_probs, Tensor) else type(fused_probs).__name__
+        raise ValueError(f"Expected argument `fused_probs` to have shape (B, C) = ({B}, {C}), but got {got}.")
+    check_target_shape(target, B)
+    check_mask(modality_mask, B, M, unimodal_probs.device)
+    return B, M, C
+
+
+def check_probabilities(**tensors: Tensor) -> None:
+    """Every named tensor holds finite values in ``[0, 1]`` (one host sync for all of them)."""
+    names = list(tensors)
+    stats = []
+    for t in tensors.values():
+        if t.numel():
+            stats.extend([t.amin().float(), t.amax().float()])
+        else:
+            stats.extend([t.new_zeros((), dtype=torch.float32), t.new_zeros((), dtype=torch.float32)])
+    values = torch.stack(stats).tolist()
+    for i, name in enumerate(names):
+        lo, hi = values[2 * i], values[2 * i + 1]
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo >= 0 and hi <= 1):
+            raise ValueError(
+                f"Expected argument `{name}` to hold probabilities in [0, 1], but got values in [{lo:.4g}, {hi:.4g}] "
+                "(pass softmax scores, not logits; `validate_args=False` skips this check)."
+            )

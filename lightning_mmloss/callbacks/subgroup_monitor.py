@@ -182,12 +182,15 @@ class SubgroupMonitor(Callback):
 
     def _new_metrics(self, device: torch.device) -> dict[str, Any]:
         metrics: dict[str, Any] = {
-            "reliability": ModalityReliability(self._names, self._num_classes, n_bins=self.n_bins),
-            "agreement": ModalityAgreement(self._names),
+            # the fusion produced the probabilities: no per-batch value checks (host syncs)
+            "reliability": ModalityReliability(self._names, self._num_classes, n_bins=self.n_bins, validate_args=False),
+            "agreement": ModalityAgreement(self._names, validate_args=False),
         }
         if self._has_subgroups:
             assert self._proxies_per_class is not None
-            metrics["subgroups"] = SubgroupStatistics(self._num_classes, self._proxies_per_class, self._names)
+            metrics["subgroups"] = SubgroupStatistics(
+                self._names, self._num_classes, self._proxies_per_class, validate_args=False
+            )
             metrics["shapley"] = _ShapleySummary(len(self._names))
         for m in metrics.values():
             m.to(device)

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from lightning_mmloss import _validation as V
+
 AGREEMENT_RATES = ("all_agree", "reinforce", "conflict", "all_wrong", "rescued", "harmed")
 RELIABILITY_METRICS = ("acc", "macro_f1", "ece", "brier", "nll")
 _NLL_FLOOR = 1e-12  # probabilities below this count as this, so one confident miss is finite
@@ -34,32 +36,6 @@ def _count(index: Tensor, size: int, weights: Tensor | None = None) -> Tensor:
     return out.index_add_(0, index, weights.to(_STATE_DTYPE))
 
 
-def _shape(t: Tensor) -> str:
-    return "(" + ", ".join(str(s) for s in t.shape) + ")"
-
-
-def check_metric_inputs(
-    unimodal_probs: Tensor, fused_probs: Tensor, target: Tensor, modality_mask: Tensor | None = None
-) -> tuple[int, int, int]:
-    """Check shapes and dtypes shared by the metrics; returns ``(B, M, C)``."""
-    if not isinstance(unimodal_probs, Tensor) or unimodal_probs.dim() != 3:
-        got = _shape(unimodal_probs) if isinstance(unimodal_probs, Tensor) else type(unimodal_probs).__name__
-        raise ValueError(f"Expected argument `unimodal_probs` to have shape (B, M, C), but got {got}.")
-    B, M, C = unimodal_probs.shape
-    if not isinstance(fused_probs, Tensor) or fused_probs.shape != (B, C):
-        got = _shape(fused_probs) if isinstance(fused_probs, Tensor) else type(fused_probs).__name__
-        raise ValueError(f"Expected argument `fused_probs` to have shape (B, C) = ({B}, {C}), but got {got}.")
-    if not isinstance(target, Tensor) or target.shape != (B,) or target.is_floating_point():
-        got = f"{_shape(target)} {target.dtype}" if isinstance(target, Tensor) else type(target).__name__
-        raise ValueError(f"Expected argument `target` to be integer class indices of shape ({B},), but got {got}.")
-    if modality_mask is not None and (modality_mask.shape != (B, M) or modality_mask.dtype != torch.bool):
-        raise ValueError(
-            f"Expected argument `modality_mask` to be a bool tensor of shape ({B}, {M}), but got "
-            f"{_shape(modality_mask)} {modality_mask.dtype}."
-        )
-    return B, M, C
-
-
 def head_names(modalities: int | Sequence[str]) -> list[str]:
     """Names of the heads a metric reports on: the modalities, then ``"fused"``."""
     names = [str(i) for i in range(modalities)] if isinstance(modalities, int) else list(modalities)
@@ -70,7 +46,7 @@ def head_names(modalities: int | Sequence[str]) -> list[str]:
 def _reliability_update(
     unimodal_probs: Tensor, fused_probs: Tensor, target: Tensor, modality_mask: Tensor | None, n_bins: int
 ) -> dict[str, Tensor]:
-    B, M, C = check_metric_inputs(unimodal_probs, fused_probs, target, modality_mask)
+    B, M, C = V.check_metric_inputs(unimodal_probs, fused_probs, target, modality_mask)
     H = M + 1  # every modality, then the fused output
     probs = torch.cat([unimodal_probs, fused_probs[:, None, :]], dim=1).to(_STATE_DTYPE)
     present = torch.ones(B, H, dtype=torch.bool, device=probs.device)
@@ -176,7 +152,7 @@ def modality_reliability(
 def _agreement_update(
     unimodal_probs: Tensor, fused_probs: Tensor, target: Tensor, modality_mask: Tensor | None
 ) -> dict[str, Tensor]:
-    B, M, C = check_metric_inputs(unimodal_probs, fused_probs, target, modality_mask)
+    B, M, C = V.check_metric_inputs(unimodal_probs, fused_probs, target, modality_mask)
     present = modality_mask if modality_mask is not None else torch.ones(B, M, dtype=torch.bool, device=target.device)
     pred = unimodal_probs.argmax(dim=-1)  # (B, M)
     right = (pred == target[:, None]) & present
@@ -257,21 +233,24 @@ def _subgroup_update(
     modality_weights: Tensor,
     num_classes: int,
     proxies_per_class: int,
+    validate_args: bool = True,
 ) -> dict[str, Tensor]:
     C, K = num_classes, proxies_per_class
     if unimodal_probs.dim() != 3 or unimodal_probs.shape[2] != C:
         raise ValueError(
-            f"Expected argument `unimodal_probs` to have shape (B, M, {C}), but got {_shape(unimodal_probs)}."
+            f"Expected argument `unimodal_probs` to have shape (B, M, {C}), but got {V._shape(unimodal_probs)}."
         )
     B, M, _ = unimodal_probs.shape
     for name, t in (("subgroup", subgroup), ("fused_preds", fused_preds), ("target", target)):
-        if t.shape != (B,) or t.is_floating_point():
-            raise ValueError(f"Expected argument `{name}` to be integer indices of shape ({B},), but got {_shape(t)}.")
+        if t.shape != (B,):
+            raise ValueError(f"Expected argument `{name}` to have shape ({B},), but got {V._shape(t)}.")
+        if t.is_floating_point() or t.dtype == torch.bool:
+            raise TypeError(f"Expected argument `{name}` to hold integer indices, but got dtype {t.dtype}.")
     if modality_weights.shape != (B, M):
         raise ValueError(
-            f"Expected argument `modality_weights` to have shape ({B}, {M}), but got {_shape(modality_weights)}."
+            f"Expected argument `modality_weights` to have shape ({B}, {M}), but got {V._shape(modality_weights)}."
         )
-    if B and (int(subgroup.min()) < 0 or int(subgroup.max()) >= C * K):
+    if validate_args and B and (int(subgroup.min()) < 0 or int(subgroup.max()) >= C * K):  # one host sync
         raise ValueError(f"Expected argument `subgroup` to lie in [0, {C * K - 1}] (C*K - 1), but got values outside.")
     correct = (fused_preds == target).to(_STATE_DTYPE)
     cls = torch.div(subgroup, K, rounding_mode="floor")

@@ -26,6 +26,8 @@ class ModalityAgreement(_AdditiveStateMetric):
 
     Args:
         modalities: modality names, or their number.
+        validate_args: check that the probabilities are finite and in ``[0, 1]`` (one host sync per
+            batch); shapes are always checked.
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example::
@@ -41,8 +43,9 @@ class ModalityAgreement(_AdditiveStateMetric):
 
     rates = AGREEMENT_RATES
 
-    def __init__(self, modalities: int | Sequence[str], **kwargs: Any) -> None:
+    def __init__(self, modalities: int | Sequence[str], validate_args: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.validate_args = bool(validate_args)
         M, names = V.check_modalities(modalities)
         self.modality_names = list(names) if names else [str(i) for i in range(M)]
         self._add_states(
@@ -63,6 +66,8 @@ class ModalityAgreement(_AdditiveStateMetric):
             raise ValueError(
                 f"Expected argument `unimodal_probs` to have shape (B, {M}, C), but got {tuple(unimodal_probs.shape)}."
             )
+        if self.validate_args:
+            V.check_probabilities(unimodal_probs=unimodal_probs, fused_probs=fused_probs)
         self._accumulate(_agreement_update(unimodal_probs, fused_probs, target, modality_mask))
 
     def compute(self) -> dict[str, Tensor]:

@@ -30,6 +30,8 @@ class ModalityReliability(_AdditiveStateMetric):
         modalities: modality names, or their number.
         num_classes: number of classes ``C``.
         n_bins: calibration bins of the ECE.
+        validate_args: check that the probabilities are finite and in ``[0, 1]`` (one host sync per
+            batch); shapes are always checked.
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example::
@@ -44,12 +46,21 @@ class ModalityReliability(_AdditiveStateMetric):
         (0.5, 0.05)
     """
 
-    def __init__(self, modalities: int | Sequence[str], num_classes: int, n_bins: int = 15, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        modalities: int | Sequence[str],
+        num_classes: int,
+        n_bins: int = 15,
+        validate_args: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         M, names = V.check_modalities(modalities)
         self.num_classes = V.check_int("num_classes", num_classes, 2)
         self.n_bins = V.check_int("n_bins", n_bins, 1)
-        self.names = head_names(list(names) if names else M)
+        self.validate_args = bool(validate_args)
+        self.modality_names = list(names) if names else [str(i) for i in range(M)]
+        self.head_names = head_names(self.modality_names)
         H, C = M + 1, self.num_classes
         self._add_states(
             {
@@ -68,13 +79,16 @@ class ModalityReliability(_AdditiveStateMetric):
         self, unimodal_probs: Tensor, fused_probs: Tensor, target: Tensor, modality_mask: Tensor | None = None
     ) -> None:
         """Add a batch."""
-        if unimodal_probs.dim() == 3 and unimodal_probs.shape[1:] != (len(self.names) - 1, self.num_classes):
+        M = len(self.modality_names)
+        if unimodal_probs.dim() == 3 and unimodal_probs.shape[1:] != (M, self.num_classes):
             raise ValueError(
-                f"Expected argument `unimodal_probs` to have shape (B, {len(self.names) - 1}, {self.num_classes}), "
+                f"Expected argument `unimodal_probs` to have shape (B, {M}, {self.num_classes}), "
                 f"but got {tuple(unimodal_probs.shape)}."
             )
+        if self.validate_args:
+            V.check_probabilities(unimodal_probs=unimodal_probs, fused_probs=fused_probs)
         self._accumulate(_reliability_update(unimodal_probs, fused_probs, target, modality_mask, self.n_bins))
 
     def compute(self) -> dict[str, Tensor]:
         """The metrics over everything seen since the last reset (synchronised across processes)."""
-        return _reliability_compute(self._state(), self.names)
+        return _reliability_compute(self._state(), self.head_names)

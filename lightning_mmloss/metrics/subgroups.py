@@ -25,9 +25,10 @@ class SubgroupStatistics(_AdditiveStateMetric):
     :meth:`update_from_fusion` takes one directly).
 
     Args:
+        modalities: modality names, or their number ``M``.
         num_classes: ``C``.
         proxies_per_class: ``K``.
-        modalities: modality names, or their number ``M``.
+        validate_args: check that the subgroup indices lie in ``[0, C*K)`` (one host sync per batch).
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example::
@@ -37,7 +38,7 @@ class SubgroupStatistics(_AdditiveStateMetric):
         >>> from lightning_mmloss.metrics import SubgroupStatistics
         >>> _ = torch.manual_seed(0)
         >>> loss = MultiModalLoss(num_classes=3, num_modalities=2, proxies_per_class=4)
-        >>> metric = SubgroupStatistics(num_classes=3, proxies_per_class=4, modalities=2)
+        >>> metric = SubgroupStatistics(modalities=2, num_classes=3, proxies_per_class=4)
         >>> metric.update_from_fusion(loss.fuse(torch.randn(50, 2, 3)), torch.randint(0, 3, (50,)))
         >>> stats = metric.compute()
         >>> stats["occupancy"].shape, int(stats["occupancy"].sum())
@@ -45,9 +46,15 @@ class SubgroupStatistics(_AdditiveStateMetric):
     """
 
     def __init__(
-        self, num_classes: int, proxies_per_class: int, modalities: int | Sequence[str], **kwargs: Any
+        self,
+        modalities: int | Sequence[str],
+        num_classes: int,
+        proxies_per_class: int,
+        validate_args: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.validate_args = bool(validate_args)
         self.num_classes = V.check_int("num_classes", num_classes, 2)
         self.proxies_per_class = V.check_int("proxies_per_class", proxies_per_class, 1)
         M, names = V.check_modalities(modalities)
@@ -87,6 +94,7 @@ class SubgroupStatistics(_AdditiveStateMetric):
                 modality_weights,
                 self.num_classes,
                 self.proxies_per_class,
+                self.validate_args,
             )
         )
 

@@ -110,14 +110,22 @@ def test_metric_errors() -> None:
     uni, fused, target, mask = _batch()
     with pytest.raises(ValueError, match=r"`fused_probs` to have shape \(B, C\) = \(60, 4\), but got \(60, 3\)"):
         modality_reliability(uni, fused[:, :3], target)
-    with pytest.raises(ValueError, match=r"`target` to be integer class indices of shape \(60,\)"):
+    # the same checks, and the same exception types, as the loss's: a wrong kind of tensor is a TypeError
+    with pytest.raises(TypeError, match=r"`target` to hold integer class indices, but got dtype torch.float32"):
         modality_agreement(uni, fused, target.float())
-    with pytest.raises(ValueError, match=r"`modality_mask` to be a bool tensor of shape \(60, 3\)"):
+    with pytest.raises(ValueError, match=r"`target` to have shape \(B,\) = \(60,\)"):
+        modality_agreement(uni, fused, target[:5])
+    with pytest.raises(TypeError, match=r"`modality_mask` to have dtype torch.bool"):
         modality_reliability(uni, fused, target, mask.float())
+    with pytest.raises(ValueError, match=r"`unimodal_probs` to hold probabilities in \[0, 1\]"):
+        ModalityReliability(3, 4).update(uni.log(), fused, target)
+    with pytest.raises(ValueError, match=r"`fused_probs` to hold probabilities in \[0, 1\]"):
+        ModalityAgreement(3).update(uni, fused * 2, target)
+    ModalityReliability(3, 4, validate_args=False).update(uni.log(), fused, target)  # checks skipped: no error
     with pytest.raises(ValueError, match=r"`unimodal_probs` to have shape \(B, 2, 4\), but got \(60, 3, 4\)"):
         ModalityReliability(2, 4).update(uni, fused, target)
     with pytest.raises(ValueError, match=r"`subgroup` to lie in \[0, 11\]"):
-        SubgroupStatistics(3, 4, 3).update(
+        SubgroupStatistics(3, 3, 4).update(
             torch.full((60,), 12), target % 3, target % 3, uni[:, :, :3], torch.ones(60, 3)
         )
     with pytest.raises(ValueError, match=r"`num_classes` to be an int >= 2"):

@@ -31,7 +31,7 @@ def _data():
 
 
 def _metrics():
-    return ModalityReliability(NAMES, C), ModalityAgreement(NAMES), SubgroupStatistics(C, K, NAMES), TemperatureFit()
+    return ModalityReliability(NAMES, C), ModalityAgreement(NAMES), SubgroupStatistics(NAMES, C, K), TemperatureFit()
 
 
 def _update(metrics, batch) -> None:
