@@ -5,11 +5,13 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-_DPI = 80  # TensorBoard shows images at their pixel size; small figures render faster
+_DPI = 100  # TensorBoard shows images at their pixel size: legible at 9-10 pt
+_FONT = 9
 
 
 def subgroup_profile_figure(
@@ -45,26 +47,45 @@ def subgroup_profile_figure(
     """
     C, K, M = profile.shape
     counts = occupancy.flatten().double().cpu()
-    order = counts.argsort(descending=True)[: min(max_rows, int((counts > 0).sum()))]
+    occupied = int((counts > 0).sum())
+    order = counts.argsort(descending=True)[: min(max_rows, occupied)]
     order = order.sort().values  # class, then proxy order
     values = profile.reshape(C * K, M)[order].double().cpu().nan_to_num(0.0)
     names = list(class_names) if class_names is not None else [str(c) for c in range(C)]
+    if len(names) != C:
+        raise ValueError(f"Expected argument `class_names` to hold C={C} names, but got {len(names)}.")
     labels = [f"{names[int(j) // K]}/{int(j) % K} ({int(counts[j])})" for j in order]
     rows = max(len(labels), 1)
     # fixed margins instead of a layout engine: constrained layout doubled the rendering time
-    width, height = 2.6 + 0.9 * M, 1.0 + 0.28 * rows
+    label_w = 0.9 + 0.075 * max((len(t) for t in labels), default=4)
+    width, height = label_w + 1.0 * M + 1.1, 1.2 + 0.3 * rows
     fig = Figure(figsize=(width, height), dpi=_DPI)
-    ax = fig.add_axes((2.0 / width, 0.35 / height, (0.9 * M) / width, (height - 0.75) / height))
-    ax.imshow(values.numpy() if rows else torch.zeros(1, M).numpy(), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto")
+    ax = fig.add_axes((label_w / width, 0.45 / height, (1.0 * M) / width, (height - 0.95) / height))
+    image = ax.imshow(
+        values.numpy() if len(labels) else torch.zeros(1, M).numpy(), vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto"
+    )
     ax.set_xticks(range(M), labels=list(modality_names))
     ax.set_yticks(range(len(labels)), labels=labels)
-    ax.set_title("subgroup class/proxy (n): own-class score", fontsize=8)
+    shown = f"{len(labels)} of {occupied} occupied subgroups" if len(labels) < occupied else f"{occupied} subgroups"
+    ax.set_title(f"class/proxy (n): own-class score\n{shown}", fontsize=_FONT)
     if annotate:  # numbers in the cells: readable, but text is most of the rendering time
         for i in range(len(labels)):
             for m in range(M):
                 v = float(values[i, m])
-                ax.text(m, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if v < 0.6 else "black")
-    ax.tick_params(labelsize=7)
+                ax.text(
+                    m,
+                    i,
+                    f"{v:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=_FONT - 1,
+                    color="white" if v < 0.6 else "black",
+                )
+    ax.tick_params(labelsize=_FONT)
+    cax = fig.add_axes(((label_w + 1.0 * M + 0.15) / width, 0.45 / height, 0.18 / width, (height - 0.95) / height))
+    bar = fig.colorbar(image, cax=cax)
+    bar.set_label("mean score for the subgroup's class", fontsize=_FONT - 1)
+    bar.ax.tick_params(labelsize=_FONT - 1)
     return fig
 
 
@@ -80,18 +101,39 @@ def agreement_matrix_figure(pairwise: Tensor, modality_names: Sequence[str]) -> 
     """
     M = pairwise.shape[0]
     values = pairwise.double().cpu()
-    side = 0.7 * M
-    width, height = side + 1.2, side + 0.9
+    side = 0.8 * M
+    width, height = side + 2.3, side + 1.1
     fig = Figure(figsize=(width, height), dpi=_DPI)
-    ax = fig.add_axes((1.0 / width, 0.4 / height, side / width, side / height))
-    ax.imshow(values.nan_to_num(0.0).numpy(), vmin=0.0, vmax=1.0, cmap="magma")
+    ax = fig.add_axes((1.0 / width, 0.5 / height, side / width, side / height))
+    image = ax.imshow(values.nan_to_num(0.0).numpy(), vmin=0.0, vmax=1.0, cmap="magma")
     ax.set_xticks(range(M), labels=list(modality_names))
     ax.set_yticks(range(M), labels=list(modality_names))
-    ax.set_title("pairwise agreement", fontsize=8)
-    ax.tick_params(labelsize=7)
+    ax.set_title("pairwise agreement of the heads", fontsize=_FONT)
+    ax.tick_params(labelsize=_FONT)
     for i in range(M):
         for j in range(M):
             v = float(values[i, j])
             txt = "n/a" if math.isnan(v) else f"{v:.2f}"
-            ax.text(j, i, txt, ha="center", va="center", fontsize=8, color="white" if v < 0.6 else "black")
+            ax.text(j, i, txt, ha="center", va="center", fontsize=_FONT, color="white" if v < 0.6 else "black")
+    cax = fig.add_axes(((1.0 + side + 0.15) / width, 0.5 / height, 0.18 / width, side / height))
+    bar = fig.colorbar(image, cax=cax)
+    bar.set_label("share of equal predictions", fontsize=_FONT - 1)
+    bar.ax.tick_params(labelsize=_FONT - 1)
     return fig
+
+
+def figure_to_array(fig: Figure) -> np.ndarray:
+    """The figure rendered to an ``(H, W, 3)`` uint8 RGB array (what image loggers take).
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss.plotting import agreement_matrix_figure, figure_to_array
+        >>> figure_to_array(agreement_matrix_figure(torch.eye(2), ["a", "b"])).shape[2]
+        3
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

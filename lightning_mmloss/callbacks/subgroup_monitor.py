@@ -86,6 +86,7 @@ class SubgroupMonitor(Callback):
         images_every_n_epochs: log the histogram and heatmaps on the first and then every n-th
             epoch that the monitor logs, when a TensorBoard logger is attached; ``None``: never.
         n_bins: calibration bins of the ECE.
+        class_names: names of the ``C`` classes for the figures (default ``0 .. C-1``).
 
     Example::
 
@@ -103,6 +104,7 @@ class SubgroupMonitor(Callback):
         print_summary: bool = True,
         images_every_n_epochs: int | None = 10,
         n_bins: int = 15,
+        class_names: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.every_n_epochs = V.check_int("every_n_epochs", every_n_epochs, 1)
@@ -115,6 +117,11 @@ class SubgroupMonitor(Callback):
             None if images_every_n_epochs is None else V.check_int("images_every_n_epochs", images_every_n_epochs, 1)
         )
         self.n_bins = V.check_int("n_bins", n_bins, 1)
+        if class_names is not None and (
+            isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names)
+        ):
+            raise TypeError(f"Expected argument `class_names` to be a list of str, but got {class_names!r}.")
+        self.class_names = None if class_names is None else list(class_names)
         self._metrics: dict[tuple[str, int], dict[str, Any]] = {}
         self._warned_no_tensorboard = False
         self._pending_figures: tuple[str, int, list[tuple[str, dict[str, Any]]]] | None = None
@@ -163,16 +170,23 @@ class SubgroupMonitor(Callback):
         self._has_subgroups = loss is not None
         self._num_classes = num_classes
         self._proxies_per_class = None if loss is None else loss.proxies_per_class
+        if self.class_names is not None and len(self.class_names) != num_classes:
+            raise ValueError(
+                f"Expected argument `class_names` to name the model's {num_classes} classes, but got "
+                f"{len(self.class_names)}: {self.class_names}."
+            )
         self._metrics = {}
         if (
             self.images_every_n_epochs is not None
             and self._tensorboard(trainer) is None
+            and not self._image_loggers(trainer)
             and not self._warned_no_tensorboard
         ):
             self._warned_no_tensorboard = True
             rank_zero_warn(
-                "SubgroupMonitor logs its scalars to any logger, but the occupancy histogram and the heatmaps need a "
-                "TensorBoardLogger: pass `logger=TensorBoardLogger(...)` to the Trainer, or "
+                "SubgroupMonitor logs its scalars to any logger, but the heatmaps need a TensorBoardLogger or a logger "
+                "with `log_image` (W&B, Neptune), and the occupancy histogram a TensorBoardLogger: pass "
+                "`logger=TensorBoardLogger(...)` to the Trainer, or "
                 "`images_every_n_epochs=None` to the callback to silence this."
             )
 
@@ -421,40 +435,54 @@ class SubgroupMonitor(Callback):
         for suffix, values in tables:
             self._log_figures_of(prefix, suffix, step, trainer, values)
 
+    @staticmethod
+    def _image_loggers(trainer: Trainer) -> list[Any]:
+        """Loggers other than TensorBoard that take images through ``log_image`` (W&B, Neptune, ...)."""
+        return [
+            lg
+            for lg in trainer.loggers
+            if not isinstance(lg, TensorBoardLogger) and callable(getattr(lg, "log_image", None))
+        ]
+
     def _log_figures_of(self, prefix: str, suffix: str, step: int, trainer: Trainer, values: dict[str, Any]) -> None:
         tb = self._tensorboard(trainer)
-        if tb is None:
+        others = self._image_loggers(trainer)
+        if tb is None and not others:
             return
-        from lightning_mmloss.plotting import agreement_matrix_figure, subgroup_profile_figure
+        from lightning_mmloss.plotting import agreement_matrix_figure, figure_to_array, subgroup_profile_figure
 
-        tb.experiment.add_figure(
-            f"{prefix}/agreement/pairwise{suffix}",
-            agreement_matrix_figure(values["agreement"]["pairwise"], self._names),
-            step,
-        )
-        if "subgroups" not in values:
-            return
-        sub = values["subgroups"]
-        occupancy = sub["occupancy"].flatten().double().cpu()
-        n = occupancy.numel()
-        index = torch.arange(n, dtype=torch.float64)
-        total = float(occupancy.sum())
-        tb.experiment.add_histogram_raw(
-            f"{prefix}/subgroups/occupancy{suffix}",
-            min=0.0,
-            max=float(n - 1),
-            num=total,
-            sum=float((index * occupancy).sum()),
-            sum_squares=float((index**2 * occupancy).sum()),
-            bucket_limits=(index + 0.5).tolist(),
-            bucket_counts=occupancy.tolist(),
-            global_step=step,
-        )
-        tb.experiment.add_figure(
-            f"{prefix}/subgroups/profile{suffix}",
-            subgroup_profile_figure(sub["profile"], sub["occupancy"], self._names),
-            step,
-        )
+        figures = {
+            f"{prefix}/agreement/pairwise{suffix}": agreement_matrix_figure(
+                values["agreement"]["pairwise"], self._names
+            )
+        }
+        if "subgroups" in values:
+            sub = values["subgroups"]
+            figures[f"{prefix}/subgroups/profile{suffix}"] = subgroup_profile_figure(
+                sub["profile"], sub["occupancy"], self._names, class_names=self.class_names
+            )
+            if tb is not None:
+                occupancy = sub["occupancy"].flatten().double().cpu()
+                n = occupancy.numel()
+                index = torch.arange(n, dtype=torch.float64)
+                tb.experiment.add_histogram_raw(
+                    f"{prefix}/subgroups/occupancy{suffix}",
+                    min=0.0,
+                    max=float(n - 1),
+                    num=float(occupancy.sum()),
+                    sum=float((index * occupancy).sum()),
+                    sum_squares=float((index**2 * occupancy).sum()),
+                    bucket_limits=(index + 0.5).tolist(),
+                    bucket_counts=occupancy.tolist(),
+                    global_step=step,
+                )
+        for tag, fig in figures.items():
+            if others:
+                array = figure_to_array(fig)  # before TensorBoard's add_figure closes the figure
+                for logger in others:
+                    logger.log_image(key=tag, images=[array], step=step)
+            if tb is not None:
+                tb.experiment.add_figure(tag, fig, step)
 
     @rank_zero_only
     def _print_table(self, prefix: str, trainer: Trainer, values: dict[str, Any]) -> None:

@@ -21,6 +21,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from torch import Tensor
 
+from lightning_mmloss.callbacks import SubgroupMonitor
 from lightning_mmloss.experiments.classifier import FUSIONS, MultimodalClassifier
 from lightning_mmloss.experiments.data import (
     MultiviewDataset,
@@ -188,6 +189,8 @@ def run_one(args: argparse.Namespace, fusion: str, seed: int, output: Path) -> d
         enable_model_summary=False,
         log_every_n_steps=5,
         deterministic=True,
+        # the per-modality metrics and figures in each run's TensorBoard log, every 10th validation
+        callbacks=[SubgroupMonitor(every_n_epochs=10, print_summary=False, images_every_n_epochs=2)],
     )
     start = time.perf_counter()
     trainer.fit(model, dm)

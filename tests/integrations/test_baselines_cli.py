@@ -89,6 +89,12 @@ def test_compare_smoke(tmp_path: Path) -> None:
     assert "| mm |" in md and "± " in md
     assert (out / "results.png").stat().st_size > 5000
     assert any((out / "tensorboard" / "mm" / "seed1").glob("events.out.tfevents.*"))
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard" / "mm" / "seed1"), size_guidance={"images": 0})
+    events.Reload()
+    assert "val/reliability/m1/acc" in events.Tags()["scalars"]  # the monitor ran in every compare run
+    assert "val/subgroups/profile" in events.Tags()["images"]
 
 
 def test_compare_rejects_unknown_fusion(tmp_path: Path) -> None:

@@ -254,3 +254,54 @@ def _same(model: ThreeHeadNet) -> ThreeHeadNet:
     twin = ThreeHeadNet()
     twin.load_state_dict(model.state_dict())
     return twin
+
+
+class _ImageLogger(L.pytorch.loggers.Logger):
+    """A logger with the `log_image(key, images, step)` API of W&B's and Neptune's loggers."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.images: dict[str, list] = {}
+
+    @property
+    def name(self) -> str:
+        return "images"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_metrics(self, metrics, step=None) -> None:
+        pass
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_image(self, key: str, images: list, step: int | None = None) -> None:
+        self.images.setdefault(key, []).append((images[0].shape, step))
+
+
+def test_figures_reach_any_logger_with_log_image(tmp_path: Path) -> None:
+    L.seed_everything(0)
+    logger = _ImageLogger()
+    monitor = SubgroupMonitor(print_summary=False, class_names=["cat", "dog", "owl"])
+    train, val = loaders()
+    trainer(tmp_path, max_epochs=1, logger=logger, callbacks=[monitor]).fit(ThreeHeadNet(), train, val)
+    assert set(logger.images) == {"val/subgroups/profile", "val/agreement/pairwise"}
+    shape, step = logger.images["val/subgroups/profile"][0]
+    assert shape[2] == 3 and shape[0] > 100 and step is not None
+    with pytest.raises(ValueError, match="`class_names` to name the model's 3 classes, but got 2"):
+        trainer(tmp_path, max_epochs=1, callbacks=[SubgroupMonitor(class_names=["a", "b"])]).fit(
+            ThreeHeadNet(), train, val
+        )
+
+
+def test_profile_figure_labels_classes_and_says_how_many_rows_are_shown() -> None:
+    from lightning_mmloss.plotting import subgroup_profile_figure
+
+    occupancy = torch.tensor([[5.0, 0.0, 2.0], [1.0, 3.0, 0.0]])
+    fig = subgroup_profile_figure(torch.rand(2, 3, 2), occupancy, ["a", "b"], class_names=["cat", "dog"], max_rows=3)
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["cat/0 (5)", "cat/2 (2)", "dog/1 (3)"]
+    assert "3 of 4 occupied subgroups" in ax.get_title()
+    assert len(fig.axes) == 2  # the heatmap and its colour bar

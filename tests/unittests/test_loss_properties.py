@@ -129,6 +129,8 @@ def test_shapley_coefficients_rows_sum_to_zero() -> None:
     pooling=st.sampled_from(["reference", "softtriple"]),
     seed=st.integers(0, 2**16),
 )
+# tiny random proxy matrices are sometimes all <= 0: the loss rightly warns, and must still be exact
+@pytest.mark.filterwarnings("ignore:Every proxy of the MultiModal loss is <= 0:UserWarning")
 def test_random_shapes_match_reference(B: int, M: int, C: int, K: int, gamma: float, pooling: str, seed: int) -> None:
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(B, M, C, dtype=torch.float64, generator=g) * 3
