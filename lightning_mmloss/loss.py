@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 
 from lightning_mmloss import _validation as V
 from lightning_mmloss.functional.fusion import (
+    FusionOptions,
     FusionOutput,
     FusionSpec,
     UnimodalInput,
@@ -21,7 +23,7 @@ from lightning_mmloss.functional.fusion import (
     normalized_proxies,
     unimodal_cross_entropy,
 )
-from lightning_mmloss.functional.shapley import modality_shapley
+from lightning_mmloss.functional.shapley import _shapley
 
 PROXY_INITS = ("class", "kaiming", "authors")
 #: The options that turn :class:`MultiModalLoss` into the paper's loss exactly (its formulation in
@@ -129,21 +131,15 @@ class MultiModalLoss(nn.Module):
         super().__init__()
         num_classes = V.check_int("num_classes", num_classes, 2)
         m, names = V.check_modalities(num_modalities)
-        for name, flag in (("attention", attention), ("normalize_proxies", normalize_proxies)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"Expected argument `{name}` to be a bool, but got {type(flag).__name__} {flag!r}.")
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise TypeError(f"Expected argument `ignore_index` to be an int, but got {ignore_index!r}.")
+        #: the fusion's options, checked once here and shared with the functional layer
+        self.options = FusionOptions(gamma, pooling, attention, normalize_proxies, activation, backend)
         self.spec = FusionSpec(
             num_classes=num_classes,
             num_modalities=m,
             proxies_per_class=V.check_int("proxies_per_class", proxies_per_class, 1),
-            gamma=V.check_gamma(gamma),
-            pooling=V.check_choice("pooling", pooling, V.POOLINGS),
-            attention=attention,
-            normalize_proxies=normalize_proxies,
-            activation=V.check_choice("activation", activation, V.ACTIVATIONS),
-            backend=V.check_choice("backend", backend, V.BACKENDS),
+            **dataclasses.asdict(self.options),
         )
         self.modality_names = names
         self.reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
@@ -381,22 +377,10 @@ class MultiModalLoss(nn.Module):
         See :func:`~lightning_mmloss.functional.modality_shapley`.
         """
         u, mask = self._prepare(unimodal_logits, modality_mask)
-        s = self.spec
-        return modality_shapley(
-            u,
-            self.weight,
-            target_class=target_class,
-            gamma=s.gamma,
-            pooling=s.pooling,
-            attention=s.attention,
-            normalize_proxies=s.normalize_proxies,
-            activation=s.activation,
-            backend=s.backend,
-            modality_mask=mask,
-            max_rows=max_rows,
-            logit_scale=self.temperature.reciprocal(),
-            validate_args=self.validate_args,
-        )
+        if self.validate_args:
+            V.check_values(u, mask, self.spec.activation, self.modality_names, weight=self.weight)
+        # checked once, here: straight to the computation
+        return _shapley(u, self.weight, mask, self.spec, target_class, max_rows, self.temperature.reciprocal())
 
     def extra_repr(self) -> str:
         """Configuration shown by ``repr``."""

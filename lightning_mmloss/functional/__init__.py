@@ -4,6 +4,7 @@ The modules in :mod:`lightning_mmloss` hold parameters and configuration and cal
 """
 
 from lightning_mmloss.functional.fusion import (
+    FusionOptions,
     FusionOutput,
     FusionSpec,
     cross_entropy_from_fused,
@@ -17,6 +18,7 @@ from lightning_mmloss.functional.metrics import modality_agreement, modality_rel
 from lightning_mmloss.functional.shapley import modality_shapley, shapley_coefficients
 
 __all__ = [
+    "FusionOptions",
     "FusionOutput",
     "FusionSpec",
     "cross_entropy_from_fused",

@@ -22,6 +22,7 @@ The result is checked against a naive per-instance loop and with ``gradcheck`` i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -38,6 +39,65 @@ _EPS = 1e-12  # the eps of ``torch.nn.functional.normalize``
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "hpu", "mps")
 
 UnimodalInput = Tensor | Sequence[Tensor] | Mapping[str, Tensor]
+
+
+@dataclass(frozen=True)
+class FusionOptions:
+    """The fusion's options, said once and shared by the module, the functions and Shapley values.
+
+    Validated on construction. Every function of :mod:`lightning_mmloss.functional` takes one
+    as ``options=`` (or the same names as keyword arguments).
+
+    Attributes:
+        gamma: temperature ``> 0`` of the attention and pooling softmaxes.
+        pooling: ``"reference"`` (softmax over classes per proxy index; the paper's numbers) or
+            ``"softtriple"`` (over the proxies within a class).
+        attention: ``False`` for the "no attention" ablation (``h = sum_m p_m``).
+        normalize_proxies: ``False`` for the "no normalization" ablation.
+        activation: ``"softmax"`` (inputs are logits) or ``"identity"`` (inputs are scores >= 0).
+        backend: ``"fused"`` (hand-written backward, the fastest) or ``"autograd"`` (plain torch
+            ops: double backward and ``torch.func``).
+
+    Example::
+
+        >>> from lightning_mmloss.functional import FusionOptions
+        >>> FusionOptions(gamma=0.2).pooling
+        'reference'
+        >>> FusionOptions(gamma=0)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected argument `gamma` to be a finite float > 0, but got 0.
+    """
+
+    gamma: float = 0.1
+    pooling: str = "reference"
+    attention: bool = True
+    normalize_proxies: bool = True
+    activation: str = "softmax"
+    backend: str = "fused"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gamma", V.check_gamma(self.gamma))
+        V.check_choice("pooling", self.pooling, V.POOLINGS)
+        V.check_choice("activation", self.activation, V.ACTIVATIONS)
+        V.check_choice("backend", self.backend, V.BACKENDS)
+        for name in ("attention", "normalize_proxies"):
+            flag = getattr(self, name)
+            if not isinstance(flag, bool):
+                raise TypeError(f"Expected argument `{name}` to be a bool, but got {type(flag).__name__} {flag!r}.")
+
+
+def _options(options: FusionOptions | None, overrides: dict[str, Any]) -> FusionOptions:
+    """``options`` with keyword overrides (the functions' ``**option_kwargs``), checked once."""
+    fields = FusionOptions.__dataclass_fields__
+    unknown = sorted(k for k in overrides if k not in fields)
+    if unknown:
+        raise TypeError(f"Got unexpected keyword arguments {unknown}; the fusion's options are {list(fields)}.")
+    if options is None:
+        return FusionOptions(**overrides)
+    if not isinstance(options, FusionOptions):
+        raise TypeError(f"Expected argument `options` to be a FusionOptions, but got {type(options).__name__}.")
+    return dataclasses.replace(options, **overrides) if overrides else options
 
 
 @dataclass(frozen=True)
@@ -404,25 +464,15 @@ def _fuse_composite(
     return o, T.detach(), A.detach(), None if a is None else a.detach(), p.detach()
 
 
-def _spec_from(u: Tensor, weight: Tensor, **options: Any) -> FusionSpec:
-    """Build a :class:`FusionSpec` from input shapes and functional keyword options."""
+def _spec_from(u: Tensor, weight: Tensor, options: FusionOptions) -> FusionSpec:
+    """The :class:`FusionSpec` of an input ``(B, M, C)``, a proxy parameter and the options."""
     _, M, C = u.shape
     if C < 2:
         raise ValueError(
             f"Expected argument `unimodal_logits` to have C >= 2 classes (shape (B, M, C)), but got C={C}."
         )
     K = V.check_weight(weight, M, C)
-    return FusionSpec(
-        num_classes=C,
-        num_modalities=M,
-        proxies_per_class=K,
-        gamma=V.check_gamma(options["gamma"]),
-        pooling=V.check_choice("pooling", options["pooling"], V.POOLINGS),
-        attention=bool(options["attention"]),
-        normalize_proxies=bool(options["normalize_proxies"]),
-        activation=V.check_choice("activation", options["activation"], V.ACTIVATIONS),
-        backend=V.check_choice("backend", options["backend"], V.BACKENDS),
-    )
+    return FusionSpec(num_classes=C, num_modalities=M, proxies_per_class=K, **dataclasses.asdict(options))
 
 
 def _fuse_raw(
@@ -474,13 +524,16 @@ def _prepare(
     modality_mask: Tensor | None,
     modality_names: Sequence[str] | None,
     validate_args: bool,
-    **options: Any,
+    options: FusionOptions,
 ) -> tuple[Tensor, Tensor | None, FusionSpec]:
-    """Stack and check the input, build the spec; with ``validate_args`` also check the values."""
+    """Stack and check the input, build the spec; with ``validate_args`` also check the values.
+
+    The one place where the functional layer checks its inputs.
+    """
     names = tuple(modality_names) if modality_names is not None else None
     u = V.coerce_unimodal(unimodal_logits, names, None if names is None else len(names))
     V.check_unimodal_tensor(u, None if names is None else len(names), None)
-    spec = _spec_from(u, weight, **options)
+    spec = _spec_from(u, weight, options)
     mask = V.check_mask(modality_mask, u.shape[0], u.shape[1], u.device)
     if validate_args:
         V.check_values(u, mask, spec.activation, names, weight=weight)
@@ -490,16 +543,12 @@ def _prepare(
 def multimodal_logits(
     unimodal_logits: UnimodalInput,
     weight: Tensor,
+    options: FusionOptions | None = None,
     *,
-    gamma: float = 0.1,
-    pooling: str = "reference",
-    attention: bool = True,
-    normalize_proxies: bool = True,
-    activation: str = "softmax",
-    backend: str = "fused",
     modality_mask: Tensor | None = None,
     modality_names: Sequence[str] | None = None,
     validate_args: bool = True,
+    **option_kwargs: Any,
 ) -> Tensor:
     r"""Fused logits of the MultiModal loss (the cheap path: no analytics).
 
@@ -513,17 +562,13 @@ def multimodal_logits(
         unimodal_logits: ``(B, M, C)`` tensor, a sequence of ``M`` ``(B, C)`` tensors, or a mapping
             name -> ``(B, C)`` (needs ``modality_names``).
         weight: proxy parameter of shape ``(C*K, M*C)``.
-        gamma: temperature of both softmaxes, ``> 0``.
-        pooling: ``"reference"`` (softmax over classes per proxy index) or ``"softtriple"``.
-        attention: ``False`` is the "no attention" ablation (``h = sum_m p_m``).
-        normalize_proxies: ``False`` is the "no normalization" ablation.
-        activation: ``"softmax"`` for raw logits, ``"identity"`` for inputs that already are
-            non-negative scores.
-        backend: ``"fused"`` (hand-written backward, the fastest) or ``"autograd"`` (plain
-            torch ops: supports double backward and ``torch.func`` transforms).
+        options: the fusion's :class:`FusionOptions` (``gamma``, ``pooling``, ``attention``,
+            ``normalize_proxies``, ``activation``, ``backend``); default ``FusionOptions()``.
         modality_mask: optional bool ``(B, M)``, ``True`` where the modality is present.
         modality_names: order of the keys when ``unimodal_logits`` is a mapping.
         validate_args: check values (finite, non-negative for ``identity``); costs one sync.
+        option_kwargs: any :class:`FusionOptions` field by name, e.g. ``gamma=0.2`` (overrides
+            ``options``).
 
     Returns:
         Fused logits ``(B, C)`` in at least float32 (float64 for float64 inputs or weight).
@@ -544,12 +589,7 @@ def multimodal_logits(
         modality_mask,
         modality_names,
         validate_args,
-        gamma=gamma,
-        pooling=pooling,
-        attention=attention,
-        normalize_proxies=normalize_proxies,
-        activation=activation,
-        backend=backend,
+        _options(options, option_kwargs),
     )
     return _fuse_raw(u, weight, mask, spec)[0]
 
@@ -557,16 +597,12 @@ def multimodal_logits(
 def multimodal_fuse(
     unimodal_logits: UnimodalInput,
     weight: Tensor,
+    options: FusionOptions | None = None,
     *,
-    gamma: float = 0.1,
-    pooling: str = "reference",
-    attention: bool = True,
-    normalize_proxies: bool = True,
-    activation: str = "softmax",
-    backend: str = "fused",
     modality_mask: Tensor | None = None,
     modality_names: Sequence[str] | None = None,
     validate_args: bool = True,
+    **option_kwargs: Any,
 ) -> FusionOutput:
     """Fused logits plus the per-instance analytics (subgroup, attention, modality weights).
 
@@ -592,12 +628,7 @@ def multimodal_fuse(
         modality_mask,
         modality_names,
         validate_args,
-        gamma=gamma,
-        pooling=pooling,
-        attention=attention,
-        normalize_proxies=normalize_proxies,
-        activation=activation,
-        backend=backend,
+        _options(options, option_kwargs),
     )
     return _analytics(*_fuse_raw(u, weight, mask, spec, analytics=True), spec)
 
@@ -708,13 +739,8 @@ def multimodal_loss(
     unimodal_logits: UnimodalInput,
     target: Tensor,
     weight: Tensor,
+    options: FusionOptions | None = None,
     *,
-    gamma: float = 0.1,
-    pooling: str = "reference",
-    attention: bool = True,
-    normalize_proxies: bool = True,
-    activation: str = "softmax",
-    backend: str = "fused",
     class_weight: Tensor | None = None,
     label_smoothing: float = 0.0,
     ignore_index: int = -100,
@@ -722,11 +748,14 @@ def multimodal_loss(
     modality_mask: Tensor | None = None,
     modality_names: Sequence[str] | None = None,
     validate_args: bool = True,
+    **option_kwargs: Any,
 ) -> Tensor:
     """The MultiModal loss: cross-entropy of the fused logits against ``target``.
 
     Arguments as in :func:`multimodal_logits`, plus those of
-    :func:`torch.nn.functional.cross_entropy` (``class_weight`` is its ``weight``).
+    :func:`torch.nn.functional.cross_entropy` (``class_weight`` is its ``weight``). This is the
+    paper's loss: the auxiliary unimodal term of :class:`~lightning_mmloss.MultiModalLoss` is
+    :func:`unimodal_cross_entropy`.
 
     Returns:
         A float32 (or float64) scalar, or ``(B,)`` with ``reduction="none"``.
@@ -749,12 +778,7 @@ def multimodal_loss(
         modality_mask,
         modality_names,
         False,  # checked below together with the target, in one synchronisation
-        gamma=gamma,
-        pooling=pooling,
-        attention=attention,
-        normalize_proxies=normalize_proxies,
-        activation=activation,
-        backend=backend,
+        _options(options, option_kwargs),
     )
     V.check_choice("reduction", reduction, V.REDUCTIONS)
     target = V.check_target_shape(target, u.shape[0], u.device)

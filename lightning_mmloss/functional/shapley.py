@@ -8,12 +8,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from lightning_mmloss import _validation as V
-from lightning_mmloss.functional.fusion import FusionSpec, UnimodalInput, _compute_dtype, _fuse_raw, _prepare
+from lightning_mmloss.functional.fusion import (
+    FusionOptions,
+    FusionSpec,
+    UnimodalInput,
+    _compute_dtype,
+    _fuse_raw,
+    _options,
+    _prepare,
+)
 
 MAX_SHAPLEY_MODALITIES = 12
 
@@ -83,18 +92,14 @@ def modality_shapley(
     unimodal_logits: UnimodalInput,
     weight: Tensor,
     *,
+    options: FusionOptions | None = None,
     target_class: int | Tensor | None = None,
-    gamma: float = 0.1,
-    pooling: str = "reference",
-    attention: bool = True,
-    normalize_proxies: bool = True,
-    activation: str = "softmax",
-    backend: str = "fused",
     modality_mask: Tensor | None = None,
     modality_names: Sequence[str] | None = None,
     max_rows: int = 65536,
     validate_args: bool = True,
     logit_scale: Tensor | float | None = None,
+    **option_kwargs: Any,
 ) -> Tensor:
     r"""Exact Shapley value of each modality for one class's fused probability, per instance.
 
@@ -111,18 +116,16 @@ def modality_shapley(
         weight: proxy parameter ``(C*K, M*C)``.
         target_class: class whose probability is explained: ``None`` (the fused prediction
             with all available modalities), an ``int``, or a ``(B,)`` tensor of indices.
-        gamma: temperature, as in :func:`~lightning_mmloss.functional.multimodal_logits`.
-        pooling: ``"reference"`` or ``"softtriple"``.
-        attention: ``False`` for the "no attention" ablation.
-        normalize_proxies: ``False`` for the "no normalization" ablation.
-        activation: ``"softmax"`` or ``"identity"``.
-        backend: ``"fused"`` or ``"autograd"``; no gradient is computed here.
+        options: the fusion's :class:`~lightning_mmloss.functional.FusionOptions` (or its fields
+            as keyword arguments, ``option_kwargs``); no gradient is computed here.
         modality_mask: optional bool ``(B, M)``, ``True`` where the modality is present.
         modality_names: order of the keys when ``unimodal_logits`` is a mapping.
         max_rows: largest number of (coalition x instance) rows fused at once; bounds memory.
         validate_args: check that the logits are finite (one device sync).
-        logit_scale: factor applied to the fused logits before the softmax (a loss's learned
-            temperature, ``MultiModalLoss(learn_scale=True)``); ``None`` for 1.
+        logit_scale: factor applied to the fused logits before the softmax (``1/`` a loss's fitted
+            temperature, ``MultiModalLoss.temperature``); ``None`` for 1.
+        option_kwargs: :class:`~lightning_mmloss.functional.FusionOptions` fields by name (override
+            ``options``).
 
     Returns:
         Tensor ``(B, M)`` of Shapley values (no gradient), in the fusion's dtype.
@@ -144,18 +147,21 @@ def modality_shapley(
         True
     """
     u, mask, spec = _prepare(
-        unimodal_logits,
-        weight,
-        modality_mask,
-        modality_names,
-        validate_args,
-        gamma=gamma,
-        pooling=pooling,
-        attention=attention,
-        normalize_proxies=normalize_proxies,
-        activation=activation,
-        backend=backend,
+        unimodal_logits, weight, modality_mask, modality_names, validate_args, _options(options, option_kwargs)
     )
+    return _shapley(u, weight, mask, spec, target_class, max_rows, logit_scale)
+
+
+def _shapley(
+    u: Tensor,
+    weight: Tensor,
+    mask: Tensor | None,
+    spec: FusionSpec,
+    target_class: int | Tensor | None,
+    max_rows: int,
+    logit_scale: Tensor | float | None,
+) -> Tensor:
+    """:func:`modality_shapley` on inputs already checked (the module calls this directly)."""
     B, M, C = u.shape
     if M > MAX_SHAPLEY_MODALITIES:
         raise ValueError(
