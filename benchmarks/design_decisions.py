@@ -1,6 +1,6 @@
 """Design decisions of issue 8: which default makes the heads honest and names the right modality.
 
-Trains ``MultimodalClassifier`` candidates (``--candidates``) on the synthetic scenarios (and UCI
+Trains ``MultiModalClassifier`` candidates (``--candidates``) on the synthetic scenarios (and UCI
 mfeat) for several seeds, two runs at a time with one torch thread each, and prints one table per
 scenario: fused accuracy and ECE, each head's accuracy, the heads' honesty (purity gap: how much
 accuracy a head would gain if its predicted labels were renamed; a flipped head has a large gap),
@@ -78,7 +78,7 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
-    from lightning_mmloss.experiments.classifier import MultimodalClassifier
+    from lightning_mmloss.experiments.classifier import MultiModalClassifier
     from lightning_mmloss.experiments.compare import evaluate
     from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule, UCIMultipleFeaturesDataModule
 
@@ -104,7 +104,7 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
     if "gamma" in kwargs.get("loss_options", {}):
         kwargs = {**kwargs, "loss_options": dict(kwargs["loss_options"])}
         kwargs["gamma"] = kwargs["loss_options"].pop("gamma")
-    model = MultimodalClassifier(
+    model = MultiModalClassifier(
         dm.modalities,
         dm.input_dims,
         dm.num_classes,

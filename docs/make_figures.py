@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from lightning_mmloss.experiments.classifier import MultimodalClassifier
+from lightning_mmloss.experiments.classifier import MultiModalClassifier
 from lightning_mmloss.experiments.compare import _plot
 from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
 from lightning_mmloss.functional import modality_agreement, subgroup_statistics
@@ -33,7 +33,7 @@ def main() -> None:
     L.seed_everything(0, verbose=False)
     dm = SyntheticMultimodalDataModule("instance", num_classes=3)
     dm.setup()
-    model = MultimodalClassifier(dm.modalities, dm.input_dims, 3, fusion="mm", hidden=[128, 32], proxies_per_class=6)
+    model = MultiModalClassifier(dm.modalities, dm.input_dims, 3, fusion="mm", hidden=[128, 32], proxies_per_class=6)
     L.Trainer(max_epochs=30, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(model, dm)
     test = dm.splits["test"].as_batch()
     with torch.no_grad():

@@ -13,7 +13,7 @@ import argparse
 import lightning as L
 
 from lightning_mmloss import SubgroupMonitor
-from lightning_mmloss.experiments.classifier import MultimodalClassifier
+from lightning_mmloss.experiments.classifier import MultiModalClassifier
 from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
 
 if __name__ == "__main__":
@@ -28,7 +28,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     L.seed_everything(0)
     dm = SyntheticMultimodalDataModule("conflict", preset=args.preset, batch_size=128)
-    model = MultimodalClassifier(dm.modalities, dm.input_dims, dm.num_classes, fusion="mm", hidden=[64])
+    model = MultiModalClassifier(dm.modalities, dm.input_dims, dm.num_classes, fusion="mm", hidden=[64])
     trainer = L.Trainer(
         accelerator=args.accelerator,
         devices=args.devices,

@@ -10,7 +10,7 @@ import argparse
 import lightning as L
 import torch
 
-from lightning_mmloss.experiments.classifier import MultimodalClassifier
+from lightning_mmloss.experiments.classifier import MultiModalClassifier
 from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
 
 parser = argparse.ArgumentParser()
@@ -20,7 +20,7 @@ args = parser.parse_args()
 L.seed_everything(0)
 dm = SyntheticMultimodalDataModule("instance", preset=args.preset)
 dm.setup()
-model = MultimodalClassifier(dm.modalities, dm.input_dims, dm.num_classes, fusion="mm", hidden=[128, 32])
+model = MultiModalClassifier(dm.modalities, dm.input_dims, dm.num_classes, fusion="mm", hidden=[128, 32])
 L.Trainer(max_epochs=args.epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False).fit(model, dm)
 
 test = dm.splits["test"].as_batch()

@@ -282,7 +282,7 @@ class MultiModalLoss(nn.Module):
         logits = self._fuse(u, mask)[0]
         if not return_terms:
             return self._total(logits, u, target, mask, num_valid)
-        fused = self.loss_from_logits(logits, target, num_valid=num_valid)
+        fused = self._loss_from_logits(logits, target, num_valid=num_valid)
         aux = self._aux(u, target, mask)
         return fused + self.aux_weight * aux, fused, aux
 
@@ -298,7 +298,7 @@ class MultiModalLoss(nn.Module):
         return _reduce_like_cross_entropy(per_instance, target, self.class_weight, self.ignore_index, self.reduction)
 
     def _total(self, logits: Tensor, u: Tensor, target: Tensor, mask: Tensor | None, num_valid: int | None) -> Tensor:
-        fused = self.loss_from_logits(logits, target, num_valid=num_valid)
+        fused = self._loss_from_logits(logits, target, num_valid=num_valid)
         if not self.aux_weight:
             return fused
         return fused + self.aux_weight * self._aux(u, target, mask)
@@ -322,7 +322,7 @@ class MultiModalLoss(nn.Module):
             )
         return u, mask, target, num_valid
 
-    def loss_from_logits(self, logits: Tensor, target: Tensor, num_valid: int | None = None) -> Tensor:
+    def _loss_from_logits(self, logits: Tensor, target: Tensor, num_valid: int | None = None) -> Tensor:
         """Cross-entropy of already fused logits (e.g. ``fuse(...).logits``) with this loss's options."""
         return cross_entropy_from_fused(
             logits,
@@ -338,7 +338,7 @@ class MultiModalLoss(nn.Module):
         """Checked ``(B, M, C)`` tensor from any accepted input form (mapping, sequence, tensor)."""
         return self._prepare(unimodal_logits, None)[0]
 
-    def fuse_with_loss(
+    def _fuse_with_loss(
         self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None = None
     ) -> tuple[FusionOutput, Tensor]:
         """Analytics and loss from one fusion pass (validation/test steps): ``(fuse(...), loss)``."""

@@ -248,7 +248,7 @@ class MultiModalLossMixin:
         u = loss_fn.stack_logits(self.unimodal_logits(batch))
         target = self.get_target(batch)
         mask = self.get_modality_mask(batch)
-        fusion, loss = loss_fn.fuse_with_loss(u, target, mask)
+        fusion, loss = loss_fn._fuse_with_loss(u, target, mask)
         fit = self.__dict__.get("_modules", {}).get("mm_temperature_fit")
         if fit is not None and stage == "val" and dataloader_idx == 0 and not self.trainer.sanity_checking:  # type: ignore[attr-defined]
             fit.update(fusion.logits.detach() * loss_fn.temperature, target)  # the raw fused logits

@@ -76,7 +76,7 @@ class SubgroupMonitor(Callback):
     return what this callback reads). Batches whose target is ``ignore_index`` are left out. A
     model without the MultiModal loss that has ``modality_names`` and ``num_classes`` and whose
     steps return ``unimodal_probs``, ``fused_probs`` and ``target`` (e.g.
-    :class:`~lightning_mmloss.experiments.classifier.MultimodalClassifier` with a baseline fusion) gets the
+    :class:`~lightning_mmloss.experiments.classifier.MultiModalClassifier` with a baseline fusion) gets the
     reliability and agreement part only.
 
     Args:
@@ -158,7 +158,7 @@ class SubgroupMonitor(Callback):
         elif isinstance(getattr(pl_module, "modality_names", None), list) and isinstance(
             getattr(pl_module, "num_classes", None), int
         ):
-            # a model with another fusion (e.g. MultimodalClassifier(fusion="sum")): reliability and
+            # a model with another fusion (e.g. MultiModalClassifier(fusion="sum")): reliability and
             # agreement only, from the 'unimodal_probs' and 'fused_probs' its steps return
             names, num_classes, ignore_index, loss = list(pl_module.modality_names), pl_module.num_classes, -100, None
             if self.shapley:

@@ -1,4 +1,4 @@
-"""``MultimodalClassifier``: per-modality MLP heads with a switchable fusion (MultiModal loss or baselines)."""
+"""``MultiModalClassifier``: per-modality MLP heads with a switchable fusion (MultiModal loss or baselines)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class MultimodalClassifier(MultiModalLossMixin, L.LightningModule):
+class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
     """One MLP head per modality and one of five fusions, trained with Lightning.
 
     Fusions (the heads are the same in all; only how they are combined and trained differs):
@@ -72,8 +72,8 @@ class MultimodalClassifier(MultiModalLossMixin, L.LightningModule):
 
     Example::
 
-        >>> from lightning_mmloss.experiments.classifier import MultimodalClassifier
-        >>> model = MultimodalClassifier(["a", "b"], {"a": 5, "b": 3}, num_classes=2, fusion="concat")
+        >>> from lightning_mmloss.experiments.classifier import MultiModalClassifier
+        >>> model = MultiModalClassifier(["a", "b"], {"a": 5, "b": 3}, num_classes=2, fusion="concat")
         >>> batch = {"a": torch.randn(4, 5), "b": torch.randn(4, 3)}
         >>> model.fused_logits(model.stacked_logits(batch)).shape
         torch.Size([4, 2])

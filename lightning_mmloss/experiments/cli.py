@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_mmloss.experiments.classifier import MultimodalClassifier
+from lightning_mmloss.experiments.classifier import MultiModalClassifier
 
 COMMANDS = ("compare", "fit", "validate", "test", "predict")
 USAGE = """usage: lightning-mmloss [--version] {compare,fit,validate,test,predict} ...
@@ -20,7 +20,7 @@ USAGE = """usage: lightning-mmloss [--version] {compare,fit,validate,test,predic
   compare   train every fusion x seed on the same heads and data, print and write the comparison
             (lightning-mmloss compare --help)
   fit, validate, test, predict
-            LightningCLI on MultimodalClassifier and a data module
+            LightningCLI on MultiModalClassifier and a data module
             (lightning-mmloss fit --config examples/configs/synthetic_ehh.yaml); predict writes
             predictions.pt (a dict of concatenated tensors) into the trainer's default_root_dir
 """
@@ -54,7 +54,7 @@ class PredictionFileWriter(BasePredictionWriter):
         print(f"wrote {self.path} ({', '.join(f'{k} {tuple(v.shape)}' for k, v in out.items())})")
 
 
-class MultimodalCLI(LightningCLI):
+class MultiModalCLI(LightningCLI):
     """LightningCLI that takes the model's modalities, input sizes and classes from the data module."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:  # noqa: D102
@@ -87,8 +87,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         compare_main(args[1:])
         return
-    MultimodalCLI(
-        MultimodalClassifier,
+    MultiModalCLI(
+        MultiModalClassifier,
         L.LightningDataModule,
         subclass_mode_data=True,
         # from the console LightningCLI reads sys.argv itself (passing `args` then warns on every call)

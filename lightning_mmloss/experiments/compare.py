@@ -22,7 +22,7 @@ from rich.table import Table
 from torch import Tensor
 
 from lightning_mmloss.callbacks import SubgroupMonitor
-from lightning_mmloss.experiments.classifier import FUSIONS, MultimodalClassifier
+from lightning_mmloss.experiments.classifier import FUSIONS, MultiModalClassifier
 from lightning_mmloss.experiments.data import (
     MultiviewDataset,
     SyntheticMultimodalDataModule,
@@ -58,7 +58,7 @@ FLIP_GAP = 0.1  # a head whose purity gap exceeds this is reported as flipped (a
 
 @torch.no_grad()
 def evaluate(
-    model: MultimodalClassifier, dataset: MultiviewDataset, chunk: int = 4096, extra_attribution: bool = False
+    model: MultiModalClassifier, dataset: MultiviewDataset, chunk: int = 4096, extra_attribution: bool = False
 ) -> dict[str, float]:
     """Fused and per-modality accuracy and ECE on ``dataset``; head honesty; attribution for ``"mm"``.
 
@@ -71,11 +71,11 @@ def evaluate(
 
     Example::
 
-        >>> from lightning_mmloss.experiments.classifier import MultimodalClassifier
+        >>> from lightning_mmloss.experiments.classifier import MultiModalClassifier
         >>> from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
         >>> dm = SyntheticMultimodalDataModule("instance", preset="tiny")
         >>> dm.setup()
-        >>> model = MultimodalClassifier(dm.modalities, dm.input_dims, 2, fusion="mm", proxies_per_class=3)
+        >>> model = MultiModalClassifier(dm.modalities, dm.input_dims, 2, fusion="mm", proxies_per_class=3)
         >>> sorted(evaluate(model, dm.splits["test"]))[:4]
         ['attr_shapley', 'attr_weight', 'flipped_heads', 'm1_acc']
     """
@@ -121,7 +121,7 @@ def evaluate(
     return row
 
 
-def _candidate_attributions(model: MultimodalClassifier, u: Tensor, out: Any) -> dict[str, Tensor]:
+def _candidate_attributions(model: MultiModalClassifier, u: Tensor, out: Any) -> dict[str, Tensor]:
     """Per-instance modality scores ``(B, M)`` under the definitions compared for issue 8."""
     loss = model.mm_loss
     B, M, C = u.shape
@@ -166,7 +166,7 @@ def run_one(args: argparse.Namespace, fusion: str, seed: int, output: Path) -> d
     L.seed_everything(seed, verbose=False)
     dm = _datamodule(args, seed)
     dm.setup("fit")
-    model = MultimodalClassifier(
+    model = MultiModalClassifier(
         dm.modalities,
         dm.input_dims,
         dm.num_classes,

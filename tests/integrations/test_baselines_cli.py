@@ -11,7 +11,7 @@ import lightning as L
 import pytest
 import torch
 
-from lightning_mmloss.experiments.classifier import FUSIONS, MultimodalClassifier
+from lightning_mmloss.experiments.classifier import FUSIONS, MultiModalClassifier
 from lightning_mmloss.experiments.cli import main
 from lightning_mmloss.experiments.compare import evaluate
 from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
@@ -25,7 +25,7 @@ def test_each_fusion_learns(tmp_path: Path, fusion: str) -> None:
     L.seed_everything(0)
     dm = SyntheticMultimodalDataModule("ehh", preset="tiny", batch_size=50)
     dm.setup()
-    model = MultimodalClassifier(dm.modalities, dm.input_dims, dm.num_classes, fusion=fusion, hidden=[16], lr=1e-2)
+    model = MultiModalClassifier(dm.modalities, dm.input_dims, dm.num_classes, fusion=fusion, hidden=[16], lr=1e-2)
     trainer(tmp_path, max_epochs=15).fit(model, dm)
     row = evaluate(model, dm.splits["test"])
     assert row["test_acc"] > 0.8, row  # tiny preset: signal 2.0, chance 0.5
@@ -37,7 +37,7 @@ def test_ogm_ge_scales_the_dominant_modality(tmp_path: Path) -> None:
     L.seed_everything(0)
     dm = SyntheticMultimodalDataModule("ehh", preset="tiny", batch_size=200)
     dm.setup()
-    model = MultimodalClassifier(dm.modalities, dm.input_dims, 2, fusion="ogm_ge", hidden=[16], lr=1e-2, ogm_alpha=0.5)
+    model = MultiModalClassifier(dm.modalities, dm.input_dims, 2, fusion="ogm_ge", hidden=[16], lr=1e-2, ogm_alpha=0.5)
     t = trainer(tmp_path, max_epochs=10)
     t.fit(model, dm)
     k = {m: float(t.callback_metrics[f"train/ogm_coeff/{m}"]) for m in dm.modalities}
@@ -187,7 +187,7 @@ def test_compare_refuses_bad_arguments_before_training(tmp_path: Path, args: lis
 def test_each_fusion_under_bf16_autocast(tmp_path: Path, fusion: str) -> None:
     L.seed_everything(0)
     dm = SyntheticMultimodalDataModule("instance", preset="tiny", batch_size=50)
-    model = MultimodalClassifier(["m1", "m2", "m3"], dict.fromkeys(["m1", "m2", "m3"], 8), 2, fusion=fusion, hidden=[8])
+    model = MultiModalClassifier(["m1", "m2", "m3"], dict.fromkeys(["m1", "m2", "m3"], 8), 2, fusion=fusion, hidden=[8])
     t = trainer(tmp_path, max_epochs=2, precision="bf16-mixed")
     t.fit(model, dm)
     assert torch.isfinite(t.callback_metrics["train/loss"]) and torch.isfinite(t.callback_metrics["val/loss"])
@@ -212,7 +212,7 @@ def test_baselines_under_ddp_keep_replicas_identical(tmp_path: Path, fusion: str
     def run() -> None:
         L.seed_everything(0)
         names = ["m1", "m2", "m3"]
-        model = MultimodalClassifier(names, dict.fromkeys(names, 8), 2, fusion=fusion, hidden=[8])
+        model = MultiModalClassifier(names, dict.fromkeys(names, 8), 2, fusion=fusion, hidden=[8])
         t = trainer(tmp_path, strategy="ddp_spawn", devices=2, max_epochs=3, callbacks=[_SaveRankHeads(str(tmp_path))])
         t.fit(model, dm)
 

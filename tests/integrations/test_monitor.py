@@ -152,11 +152,11 @@ def test_monitor_argument_errors(tmp_path: Path) -> None:
 
 
 def test_baseline_fusion_gets_reliability_and_agreement_only(tmp_path: Path) -> None:
-    from lightning_mmloss.experiments.classifier import MultimodalClassifier
+    from lightning_mmloss.experiments.classifier import MultiModalClassifier
     from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
 
     dm = SyntheticMultimodalDataModule("ehh", preset="tiny", batch_size=50)
-    model = MultimodalClassifier(["m1", "m2", "m3"], dict.fromkeys(["m1", "m2", "m3"], 8), 2, fusion="sum", hidden=[8])
+    model = MultiModalClassifier(["m1", "m2", "m3"], dict.fromkeys(["m1", "m2", "m3"], 8), 2, fusion="sum", hidden=[8])
     logger = TensorBoardLogger(str(tmp_path), name="tb")
     monitor = SubgroupMonitor(images_every_n_epochs=1)
     t = trainer(tmp_path, max_epochs=2, logger=logger, callbacks=[monitor])

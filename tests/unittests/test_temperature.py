@@ -57,7 +57,7 @@ def test_loss_temperature_scales_analytics_not_training_loss() -> None:
     torch.testing.assert_close(crit.fused_logits(u), before.logits / 2)
     assert torch.equal(after.preds, before.preds)
     torch.testing.assert_close(crit(u, y), before_loss)  # training loss: raw fused logits
-    fusion, loss = crit.fuse_with_loss(u, y)
+    fusion, loss = crit._fuse_with_loss(u, y)
     torch.testing.assert_close(fusion.logits, before.logits / 2)
     torch.testing.assert_close(loss, before_loss)
     # Shapley values explain the calibrated probabilities: efficiency with v(all) at temperature 2
