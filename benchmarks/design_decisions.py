@@ -43,6 +43,7 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "concat": ("concat", {}),
     "ogm_ge": ("ogm_ge", {}),
     "mm": ("mm", {}),  # the library's defaults, whatever they are
+    "mm_nocal": ("mm", {"calibrate": False}),
     "mm_paper": _mm(0.0, "kaiming"),
     "mm_authorsinit": _mm(0.0, "authors"),
     "mm_aux0.2": _mm(0.2, "kaiming"),
