@@ -251,9 +251,15 @@ def check_target_shape(target: Any, batch: int, device: torch.device | None = No
 
 
 def _compiling() -> bool:
-    """True while ``torch.compile`` traces: value checks would need a host sync (a graph break)."""
+    """True while ``torch.compile`` traces or a CUDA graph is captured: value checks need a host sync.
+
+    A sync would break the compiled graph (``fullgraph=True`` fails) or the capture (CUDA refuses
+    it), so the checks are skipped there; run the model eagerly once to have them.
+    """
     compiler = getattr(torch, "compiler", None)
-    return bool(compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling())
+    if compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling():
+        return True
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 def check_values(

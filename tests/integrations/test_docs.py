@@ -45,6 +45,7 @@ def test_pages_have_code_blocks() -> None:
 
 @pytest.mark.timeout(300)
 @pytest.mark.filterwarnings("ignore::lightning.fabric.utilities.warnings.PossibleUserWarning")  # tiny data
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's compiler stack about itself (distributed.md)
 @pytest.mark.parametrize("page", [p for p in PAGES if _blocks(p, "python")], ids=lambda p: p.name)
 def test_python_blocks_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
