@@ -5,7 +5,9 @@ Run: ``python benchmarks/loss_speed.py`` (``--device cuda`` on a GPU machine).
 Three contenders per configuration (B, M, C, K), timed interleaved in one process:
 
 * ``mmloss``: :class:`lightning_mmloss.MultiModalLoss` as users get it (``validate_args=True``,
-  one device sync per call for the input checks), and ``mmloss-novalid`` without the checks;
+  one device sync per call for the input checks), and ``mmloss-novalid`` without the checks,
+  both with ``PAPER_OPTIONS`` (the formulation the transcription computes); ``mmloss+aux`` is the
+  default configuration, with its auxiliary unimodal cross-entropy;
 * ``plain``: the formulation of ``shared/design/loss.md`` transcribed line by line with
   vectorised torch ops and autograd (below, ``plain_multimodal_loss``);
 * ``ce-sum``: cross-entropy on the sum of the unimodal probabilities (the cheapest fusion).
@@ -30,7 +32,7 @@ import torch.nn.functional as F
 from rich.console import Console
 from rich.table import Table
 
-from lightning_mmloss import MultiModalLoss
+from lightning_mmloss import PAPER_OPTIONS, MultiModalLoss
 
 CONFIGS = [(1024, 3, 10, 20), (256, 2, 2, 20), (256, 4, 100, 20), (64, 3, 1000, 10)]
 
@@ -80,9 +82,13 @@ def bench_config(B: int, M: int, C: int, K: int, device: torch.device, repeats: 
     g = torch.Generator().manual_seed(0)
     u = (torch.randn(B, M, C, generator=g) * 2).to(device).requires_grad_(True)
     y = torch.randint(0, C, (B,), generator=g).to(device)
-    crit = MultiModalLoss(C, M, K, gamma=0.1).to(device)
-    crit_nv = MultiModalLoss(C, M, K, gamma=0.1, validate_args=False).to(device)
+    # the paper's loss, which the transcription computes; `mmloss+aux` is the default with its
+    # auxiliary unimodal term (what users get without options)
+    crit = MultiModalLoss(C, M, K, gamma=0.1, **PAPER_OPTIONS).to(device)
+    crit_nv = MultiModalLoss(C, M, K, gamma=0.1, validate_args=False, **PAPER_OPTIONS).to(device)
     crit_nv.load_state_dict(crit.state_dict())
+    crit_aux = MultiModalLoss(C, M, K, gamma=0.1).to(device)
+    crit_aux.weight.data.copy_(crit.weight.data)
     w = crit.weight
 
     # the three implementations agree before anything is timed
@@ -95,7 +101,7 @@ def bench_config(B: int, M: int, C: int, K: int, device: torch.device, repeats: 
             loss = fn()
             loss.backward()
             u.grad = None
-            for m in (crit, crit_nv):
+            for m in (crit, crit_nv, crit_aux):
                 m.weight.grad = None
 
         return run
@@ -103,6 +109,7 @@ def bench_config(B: int, M: int, C: int, K: int, device: torch.device, repeats: 
     contenders = {
         "mmloss": step(lambda: crit(u, y)),
         "mmloss-novalid": step(lambda: crit_nv(u, y)),
+        "mmloss+aux": step(lambda: crit_aux(u, y)),
         "plain": step(lambda: plain_multimodal_loss(u, w, y, K, 0.1)),
         "ce-sum": step(lambda: sum_ce_loss(u, y)),
     }
@@ -144,7 +151,7 @@ def crossover(device: torch.device, repeats: int, console: Console) -> None:
         for B in (16, 64, 128, 256, 512, 1024):
             u = torch.randn(B, M, C, device=device, requires_grad=True)
             y = torch.randint(0, C, (B,), device=device)
-            crits = {b: MultiModalLoss(C, M, K, backend=b).to(device) for b in ("fused", "autograd")}
+            crits = {b: MultiModalLoss(C, M, K, backend=b, **PAPER_OPTIONS).to(device) for b in ("fused", "autograd")}
             crits["autograd"].load_state_dict(crits["fused"].state_dict())
             times: dict[str, list[float]] = {b: [] for b in crits}
             for rep in range(repeats + 3):
@@ -190,13 +197,14 @@ def main() -> None:
         "ce-sum ms",
         "mmloss / plain",
         "no-valid / plain",
+        "+aux / plain",
         "mmloss / ce-sum",
         "saved MB mm / plain",
     ):
         table.add_column(col, justify="right")
     for B, M, C, K in CONFIGS:
         # calibrate inner loops so one timed block lasts about --min-time
-        crit = MultiModalLoss(C, M, K).to(device)
+        crit = MultiModalLoss(C, M, K, **PAPER_OPTIONS).to(device)
         u = torch.randn(B, M, C, device=device, requires_grad=True)
         y = torch.randint(0, C, (B,), device=device)
         sync(device)
@@ -216,6 +224,7 @@ def main() -> None:
             f"{med['ce-sum'] * 1e3:.3f}",
             f"{med['mmloss'] / med['plain']:.2f}",
             f"{med['mmloss-novalid'] / med['plain']:.2f}",
+            f"{med['mmloss+aux'] / med['plain']:.2f}",
             f"{med['mmloss'] / med['ce-sum']:.1f}",
             mem_txt,
         )

@@ -277,7 +277,7 @@ def check_values(
     The common case costs a few reductions and one synchronisation: the sum of the logits is
     finite when every entry is (a huge finite sum that overflows only triggers the exact
     count), ``aminmax`` of the targets settles the range, and the proxy parameter's sum and
-    number of live rows (rows with a positive entry) come along. The exact counts behind an
+    maximum (all proxies dead iff it is <= 0) come along. The exact counts behind an
     error message are only computed when a fast check fails. Entries of masked (absent)
     modalities are not checked: they never enter the computation. Under ``torch.compile`` the
     checks are skipped (they would force a graph break); shapes are still checked.
@@ -302,12 +302,13 @@ def check_values(
     has_weight = weight is not None and weight.numel() > 0
     if has_weight:
         w = weight.detach()
-        flags.extend([w.sum().to(vals.dtype), (w > 0).any(dim=1).sum().to(vals.dtype)])
+        # sum: finite iff every entry is; amax <= 0 iff every proxy is clamped to zero (dead)
+        flags.extend([w.sum(), w.amax()])
     has_target = target is not None and target.numel() > 0
     if has_target:
         # in the logits' float dtype: exact for any realistic class index (< 2^24)
         flags.extend(torch.aminmax(target.to(vals.dtype)))
-    values = torch.stack([f.to(vals.dtype) for f in flags]).tolist()
+    values = torch.stack([f if f.dtype == vals.dtype else f.to(vals.dtype) for f in flags]).tolist()
     if not math.isfinite(values[0]):
         _raise_if_nonfinite(u, present, names)
     if identity:
@@ -343,7 +344,7 @@ def check_values(
     return int(n_valid)
 
 
-def _check_proxies(weight: Tensor, total: float, live_rows: float) -> None:
+def _check_proxies(weight: Tensor, total: float, largest: float) -> None:
     """Non-finite proxies are an error (the proxies' fault, not the encoder's); all-dead ones a warning."""
     if not math.isfinite(total):
         w = weight.detach()
@@ -354,7 +355,7 @@ def _check_proxies(weight: Tensor, total: float, live_rows: float) -> None:
                 f"{n_nan} NaN and {n_inf} infinite values: the proxies diverged (lower the proxies' learning rate, "
                 "clip gradients) or were overwritten; call `reset_parameters()` or reload a checkpoint."
             )
-    if live_rows == 0:
+    if largest <= 0:
         warnings.warn(
             f"Every proxy of the MultiModal loss is <= 0 (all {weight.shape[0]} rows of `weight`): after the clamp "
             "they are zero, get no gradient and the fusion is a plain sum of the unimodal scores. Re-initialise them "
