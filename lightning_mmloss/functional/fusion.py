@@ -100,19 +100,13 @@ def _options(options: FusionOptions | None, overrides: dict[str, Any]) -> Fusion
     return dataclasses.replace(options, **overrides) if overrides else options
 
 
-@dataclass(frozen=True)
-class FusionSpec:
-    """Static configuration of a fusion (everything but the proxy parameter)."""
+@dataclass(frozen=True, kw_only=True)
+class FusionSpec(FusionOptions):
+    """Static configuration of a fusion: the options plus the sizes (everything but the proxies)."""
 
     num_classes: int
     num_modalities: int
     proxies_per_class: int
-    gamma: float = 0.1
-    pooling: str = "reference"
-    attention: bool = True
-    normalize_proxies: bool = True
-    activation: str = "softmax"
-    backend: str = "fused"
 
 
 @dataclass(frozen=True)
