@@ -82,3 +82,17 @@ def test_cuda_nonfinite_is_reported() -> None:
     u[0, 1, 2] = float("nan")
     with pytest.raises(ValueError, match=r"1 NaN and 0 infinite values \(per modality: 1: 1\)"):
         crit(u, torch.zeros(5, dtype=torch.long, device="cuda"))
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's compiler stack about itself
+def test_default_loss_in_a_cuda_graph() -> None:
+    # mode="reduce-overhead" captures CUDA graphs: the value checks (a host sync) must stay out
+    crit = MultiModalLoss(10, 3, 20).cuda()
+    step = torch.compile(crit, mode="reduce-overhead", fullgraph=True)
+    y = torch.randint(0, 10, (256,), device="cuda")
+    for _ in range(3):  # warm-up, record, replay
+        u = torch.randn(256, 3, 10, device="cuda", requires_grad=True)
+        loss = step(u, y)
+        loss.backward()
+    torch.testing.assert_close(loss.detach(), crit(u, y).detach(), rtol=1e-5, atol=1e-6)
