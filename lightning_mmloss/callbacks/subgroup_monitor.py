@@ -61,7 +61,7 @@ class SubgroupMonitor(Callback):
 
     - scalars in ``trainer.callback_metrics`` (so ``ModelCheckpoint`` and ``EarlyStopping`` can
       monitor them), to every attached logger, and in :attr:`last_metrics`:
-      ``<stage>/reliability/<head>/{acc,macro_f1,ece,brier,nll}`` for each modality and
+      ``<stage>/reliability/<head>/{acc,macro_f1,ece,brier,nll,purity_gap}`` for each modality and
       ``fused``; ``<stage>/agreement/{all_agree,reinforce,conflict,all_wrong,rescued,harmed}``;
       ``<stage>/subgroups/{active,usage_entropy}``; with ``shapley=True`` also
       ``<stage>/shapley/<modality>`` (mean exact Shapley value for the predicted class);

@@ -18,7 +18,7 @@ from torch import Tensor
 from lightning_mmloss import _validation as V
 
 AGREEMENT_RATES = ("all_agree", "reinforce", "conflict", "all_wrong", "rescued", "harmed")
-RELIABILITY_METRICS = ("acc", "macro_f1", "ece", "brier", "nll")
+RELIABILITY_METRICS = ("acc", "macro_f1", "ece", "brier", "nll", "purity_gap")
 _NLL_FLOOR = 1e-12  # probabilities below this count as this, so one confident miss is finite
 _STATE_DTYPE = torch.float64  # sums over many batches and processes: keep them exact enough
 
@@ -98,6 +98,12 @@ def _reliability_compute(state: dict[str, Tensor], names: Sequence[str]) -> dict
         "ece": (state["bin_correct"] - state["bin_conf"]).abs().sum(dim=1) / n,
         "brier": state["brier"] / n,
         "nll": state["nll"] / n,
+        # accuracy the head would gain if each predicted label were renamed to its most frequent
+        # true class: ~0 for an honest head, large for one whose labels have inverted (flipped)
+        "purity_gap": (
+            state["confusion"].amax(dim=1).sum(dim=1) - state["confusion"].diagonal(dim1=1, dim2=2).sum(dim=1)
+        )
+        / n,
     }
     return {f"{name}/{metric}": values[metric][h] for h, name in enumerate(names) for metric in RELIABILITY_METRICS}
 
@@ -132,7 +138,7 @@ def modality_reliability(
 
     Returns:
         ``{"<head>/<metric>": value}`` for heads ``<modality>...`` and ``fused`` and metrics
-        ``acc``, ``macro_f1``, ``ece``, ``brier``, ``nll`` (float64 scalars).
+        ``acc``, ``macro_f1``, ``ece``, ``brier``, ``nll``, ``purity_gap`` (float64 scalars).
 
     Example::
 

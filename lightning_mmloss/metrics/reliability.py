@@ -1,4 +1,4 @@
-"""``ModalityReliability``: accuracy, macro-F1, ECE, Brier and NLL of each head and the fusion."""
+"""``ModalityReliability``: accuracy, macro-F1, ECE, Brier, NLL and purity gap (flipped heads) of each head and the fusion."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class ModalityReliability(_AdditiveStateMetric):
         - ``modality_mask`` (optional) bool ``(B, M)``, ``True`` where present.
 
     As output of ``compute``: ``{"<head>/<metric>": value}`` with heads the modality names and
-    ``"fused"``, metrics ``acc``, ``macro_f1``, ``ece``, ``brier``, ``nll``.
+    ``"fused"``, metrics ``acc``, ``macro_f1``, ``ece``, ``brier``, ``nll``, ``purity_gap``.
 
     Args:
         modalities: modality names, or their number.

@@ -30,7 +30,12 @@ def ref_reliability(probs: Tensor, target: Tensor, n_bins: int = 15) -> dict[str
             ece += len(members) / N * abs(accb - conf)
     brier = sum(sum((float(probs[i, c]) - (c == ys[i])) ** 2 for c in range(C)) for i in range(N)) / N
     nll = -sum(math.log(max(float(probs[i, ys[i]]), 1e-12)) for i in range(N)) / N
-    return {"acc": acc, "macro_f1": sum(f1s) / len(f1s), "ece": ece, "brier": brier, "nll": nll}
+    # per predicted class, the count of its most frequent true class; minus the correct ones
+    purity = sum(
+        max(sum(p == k and y == c for p, y in zip(preds, ys, strict=True)) for c in range(C)) for k in range(C)
+    )
+    gap = (purity - acc * N) / N
+    return {"acc": acc, "macro_f1": sum(f1s) / len(f1s), "ece": ece, "brier": brier, "nll": nll, "purity_gap": gap}
 
 
 def ref_agreement(unimodal: Tensor, fused: Tensor, target: Tensor, mask: Tensor) -> dict[str, object]:

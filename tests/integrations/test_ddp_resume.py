@@ -67,13 +67,13 @@ def test_ddp_spawn_validation_metrics_equal_single_process(tmp_path: Path) -> No
 
     ddp = retry_spawn_abort(run_ddp)
     got = _monitored(_csv_last_row(ddp.logger.log_dir))
-    # loss, acc, temperature, 20 reliability, 6 rates, 2 subgroup
-    assert len(expected) == 31 and got.keys() == expected.keys()
+    # loss, acc, temperature, 24 reliability, 6 rates, 2 subgroup
+    assert len(expected) == 35 and got.keys() == expected.keys()
     for k, v in expected.items():
         assert got[k] == pytest.approx(v, rel=1e-6, abs=1e-6), k
     # the parent process never ran the callback's hooks, but Lightning hands callback_metrics back
     parent = SubgroupMonitor.metrics_of(ddp)
-    assert len(parent) == 28
+    assert len(parent) == 32
     for k, v in parent.items():
         assert v == pytest.approx(expected[k], rel=1e-6, abs=1e-6), k
 
@@ -132,6 +132,6 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert monitor.epochs_logged == 4  # two restored from the checkpoint, two new
     expected = full_monitor.last_metrics | _monitored(t_full.callback_metrics)
     got = monitor.last_metrics | _monitored(t_res.callback_metrics)
-    assert len(expected) == 31 and expected["val/temperature"] != 1.0  # the restored temperature was used
+    assert len(expected) == 35 and expected["val/temperature"] != 1.0  # the restored temperature was used
     for k, v in expected.items():
         assert got[k] == pytest.approx(v, rel=1e-6), k

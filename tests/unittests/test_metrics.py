@@ -157,3 +157,13 @@ def test_ece_bins_are_closed_on_the_right() -> None:
     out = modality_reliability(fused[:, None, :], fused, target, n_bins=8)
     assert float(out["fused/ece"]) == 0.53125
     assert float(out["0/ece"]) == 0.53125
+
+
+def test_purity_gap_flags_a_flipped_head() -> None:
+    target = torch.tensor([0, 0, 1, 1, 2, 2])
+    honest = torch.nn.functional.one_hot(target, 3).double() * 0.8 + 0.2 / 3
+    flipped = honest[:, [1, 0, 2]]  # labels 0 and 1 renamed: wrong on 4 of 6, but informative
+    out = modality_reliability(torch.stack([honest, flipped], dim=1), honest, target, modalities=["a", "b"])
+    assert float(out["a/purity_gap"]) == 0.0
+    assert float(out["b/acc"]) == pytest.approx(2 / 6)
+    assert float(out["b/purity_gap"]) == pytest.approx(4 / 6)  # renaming would make it perfect
