@@ -1,4 +1,4 @@
-"""``ModalityReliability``: accuracy, macro-F1, ECE, Brier, NLL and purity gap (flipped heads) of each head and the fusion."""
+"""``ModalityReliability``: accuracy, macro-F1, ECE, Brier, NLL and purity gap of each head and the fusion."""
 
 from __future__ import annotations
 
