@@ -8,23 +8,18 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_mmloss import _validation as V
 from lightning_mmloss.functional.fusion import (
-    FusionOptions,
     FusionOutput,
     FusionSpec,
     UnimodalInput,
     _analytics,
-    _compute_dtype,
     _fuse_raw,
-    _no_autocast,
-    _reduce_like_cross_entropy,
+    auxiliary_unimodal_loss,
     cross_entropy_from_fused,
     normalized_proxies,
-    unimodal_cross_entropy,
 )
 from lightning_mmloss.functional.shapley import _shapley
 
@@ -136,13 +131,17 @@ class MultiModalLoss(nn.Module):
         m, names = V.check_modalities(num_modalities)
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
             raise TypeError(f"Expected argument `ignore_index` to be an int, but got {ignore_index!r}.")
-        #: the fusion's options, checked once here and shared with the functional layer
-        self.options = FusionOptions(gamma, pooling, attention, normalize_proxies, activation, backend)
+        # the fusion's options and sizes, checked once here (FusionOptions validates on construction)
         self.spec = FusionSpec(
             num_classes=num_classes,
             num_modalities=m,
             proxies_per_class=V.check_int("proxies_per_class", proxies_per_class, 1),
-            **dataclasses.asdict(self.options),
+            gamma=gamma,
+            pooling=pooling,
+            attention=attention,
+            normalize_proxies=normalize_proxies,
+            activation=activation,
+            backend=backend,
         )
         self.modality_names = names
         self.reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
@@ -217,24 +216,17 @@ class MultiModalLoss(nn.Module):
         self, u: Tensor, mask: Tensor | None, analytics: bool = False, calibrated: bool = False
     ) -> tuple[Any, ...]:
         out = _fuse_raw(u, self.weight, mask, self.spec, analytics=analytics)
-        if not calibrated:
-            return out
-        return (out[0] / self.temperature.to(out[0].dtype), *out[1:])
+        return (self._calibrate(out[0]), *out[1:]) if calibrated else out
+
+    def _calibrate(self, logits: Tensor) -> Tensor:
+        return logits / self.temperature.to(logits.dtype)
 
     def _config(self) -> dict[str, Any]:
         """What a state must agree on to be loaded: everything that gives the parameter its meaning."""
-        s = self.spec
-        return {
-            "num_classes": s.num_classes,
-            "num_modalities": s.num_modalities,
-            "proxies_per_class": s.proxies_per_class,
-            "modality_names": None if self.modality_names is None else list(self.modality_names),
-            "gamma": s.gamma,
-            "pooling": s.pooling,
-            "attention": s.attention,
-            "normalize_proxies": s.normalize_proxies,
-            "activation": s.activation,
-        }
+        config = dataclasses.asdict(self.spec)
+        del config["backend"]  # how it is computed, not what
+        config["modality_names"] = None if self.modality_names is None else list(self.modality_names)
+        return config
 
     def get_extra_state(self) -> dict[str, Any]:
         """The configuration, saved with the parameters (``state_dict()["_extra_state"]``)."""
@@ -282,52 +274,33 @@ class MultiModalLoss(nn.Module):
         (``loss = fused + aux_weight * aux``), e.g. to log them separately.
         """
         u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
-        logits = self._fuse(u, mask)[0]
-        if not return_terms:
-            return self._total(logits, u, target, mask, num_valid)
-        fused = self._loss_from_logits(logits, target, num_valid=num_valid)
-        aux = self._aux(u, target, mask, num_valid)
-        return fused + self.aux_weight * aux, fused, aux
+        return self._total(self._fuse(u, mask)[0], u, target, mask, num_valid, return_terms)
 
-    def _aux(self, u: Tensor, target: Tensor, mask: Tensor | None, num_valid: int | None = None) -> Tensor:
-        fast = (
-            mask is None
-            and self.spec.activation == "softmax"
-            and self.reduction in ("mean", "sum")
-            and (self.class_weight is None or self.label_smoothing == 0)
-            and num_valid is not None
-            and num_valid > 0
-        )
-        if fast:
-            # the same value in three ops: with every head present, the mean over (instance, head)
-            # pairs is the mean over instances of each instance's mean over heads (and torch's
-            # class-weighted mean agrees when there is no label smoothing)
-            B, M, C = u.shape
-            with _no_autocast(u.device.type):
-                ce = F.cross_entropy(
-                    u.to(_compute_dtype(u)).reshape(B * M, C),
-                    target.repeat_interleave(M),
-                    weight=self.class_weight,
-                    ignore_index=self.ignore_index,
-                    label_smoothing=self.label_smoothing,
-                    reduction=self.reduction,
-                )
-            return ce if self.reduction == "mean" else ce / M
-        per_instance = unimodal_cross_entropy(
+    def _total(
+        self,
+        logits: Tensor,
+        u: Tensor,
+        target: Tensor,
+        mask: Tensor | None,
+        num_valid: int | None,
+        return_terms: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
+        fused = self._loss_from_logits(logits, target, num_valid=num_valid)
+        if not (self.aux_weight or return_terms):
+            return fused
+        aux = auxiliary_unimodal_loss(
             u,
             target,
             modality_mask=mask,
             activation=self.spec.activation,
+            class_weight=self.class_weight,
             label_smoothing=self.label_smoothing,
             ignore_index=self.ignore_index,
+            reduction=self.reduction,
+            num_valid=num_valid,
         )
-        return _reduce_like_cross_entropy(per_instance, target, self.class_weight, self.ignore_index, self.reduction)
-
-    def _total(self, logits: Tensor, u: Tensor, target: Tensor, mask: Tensor | None, num_valid: int | None) -> Tensor:
-        fused = self._loss_from_logits(logits, target, num_valid=num_valid)
-        if not self.aux_weight:
-            return fused
-        return fused + self.aux_weight * self._aux(u, target, mask, num_valid)
+        total = fused + self.aux_weight * aux if self.aux_weight else fused
+        return (total, fused, aux) if return_terms else total
 
     def _prepare_with_target(
         self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None
@@ -370,7 +343,7 @@ class MultiModalLoss(nn.Module):
         """Analytics and loss from one fusion pass (validation/test steps): ``(fuse(...), loss)``."""
         u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
         raw = self._fuse(u, mask, analytics=True)
-        out = _analytics(raw[0] / self.temperature.to(raw[0].dtype), *raw[1:], self.spec)
+        out = _analytics(self._calibrate(raw[0]), *raw[1:], self.spec)
         return out, self._total(raw[0], u, target, mask, num_valid)
 
     def fused_logits(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> Tensor:

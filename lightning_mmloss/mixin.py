@@ -249,7 +249,7 @@ class MultiModalLossMixin:
         target = self.get_target(batch)
         mask = self.get_modality_mask(batch)
         fusion, loss = loss_fn._fuse_with_loss(u, target, mask)
-        fit = self.__dict__.get("_modules", {}).get("mm_temperature_fit")
+        fit = getattr(self, "mm_temperature_fit", None)
         if fit is not None and stage == "val" and dataloader_idx == 0 and not self.trainer.sanity_checking:  # type: ignore[attr-defined]
             fit.update(fusion.logits.detach() * loss_fn.temperature, target)  # the raw fused logits
             # the temperature these probabilities used (fitted at the end of the previous epoch)
@@ -301,7 +301,7 @@ class MultiModalLossMixin:
     def on_validation_epoch_end(self) -> None:
         """Calibration: set the loss's temperature to the one that fits this epoch's validation data best."""
         super().on_validation_epoch_end()  # type: ignore[misc]
-        fit = self.__dict__.get("_modules", {}).get("mm_temperature_fit")
+        fit = getattr(self, "mm_temperature_fit", None)
         if fit is None or not fit.update_called:
             return
         temperature = fit.compute()  # synchronised over processes: every rank sets the same value

@@ -243,7 +243,6 @@ class SubgroupMonitor(Callback):
             fusion = FusionOutput(*(getattr(fusion, f)[keep] for f in FusionOutput.__dataclass_fields__))
             target = target[keep]
             mask = None if mask is None else mask[keep]
-        self._to_device(metrics, target.device)
         probs = fusion.probs.detach()
         metrics["reliability"].update(fusion.unimodal_probs, probs, target, mask)
         metrics["agreement"].update(fusion.unimodal_probs, probs, target, mask)
@@ -271,17 +270,9 @@ class SubgroupMonitor(Callback):
             fusion = loss.fuse(u, mask)
         return {"fusion": fusion, "target": target, "modality_mask": mask, "unimodal_logits": u}
 
-    @staticmethod
-    def _to_device(metrics: dict[str, Any], device: torch.device) -> None:
-        """Move the metric states to the model's device once (setup runs before the model moves)."""
-        if metrics["reliability"].device != device:
-            for m in metrics.values():
-                m.to(device)
-
     def _update_probs_only(self, metrics: dict[str, Any], outputs: dict[str, Any]) -> None:
         target: Tensor = outputs["target"]
         mask: Tensor | None = outputs.get("modality_mask")
-        self._to_device(metrics, target.device)
         for name in ("reliability", "agreement"):
             metrics[name].update(outputs["unimodal_probs"], outputs["fused_probs"], target, mask)
 

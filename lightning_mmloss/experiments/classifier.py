@@ -157,13 +157,9 @@ class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
             return super().training_step(batch, batch_idx)
         u = self.stacked_logits(batch)
         y = self.get_target(batch)
-        unimodal = F.cross_entropy(u.float().flatten(0, 1), y.repeat_interleave(u.shape[1]))
-        if self.fusion == "independent":  # each head alone: the mean of the unimodal cross-entropies
-            loss = unimodal
-        else:
-            loss = F.cross_entropy(self.fused_logits(u).float(), y)
-        if self.fusion == "late":
-            loss = loss + unimodal
+        loss = u.new_zeros(()) if self.fusion == "independent" else F.cross_entropy(self.fused_logits(u).float(), y)
+        if self.fusion in ("late", "independent"):  # independent: each head alone on its own cross-entropy
+            loss = loss + F.cross_entropy(u.float().flatten(0, 1), y.repeat_interleave(u.shape[1]))
         if self.fusion == "ogm_ge":
             self._ogm_coeff = self._ogm_coefficients(u.detach(), y)
             for m, k in zip(self.modality_names, self._ogm_coeff.tolist(), strict=True):

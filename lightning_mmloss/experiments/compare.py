@@ -34,25 +34,6 @@ from lightning_mmloss.functional import modality_reliability
 DEFAULT_EPOCHS = {"synthetic": 60, "uci-mfeat": 60}
 
 
-def purity_gap(preds: Tensor, target: Tensor, num_classes: int) -> float:
-    """Accuracy a head would gain if each of its predicted labels were renamed to its most frequent true class.
-
-    Zero for an honest head (its labels already mean what they say); about ``2 * acc - 1`` for
-    a two-class head whose labels have inverted. A head's *own* metrics are meaningful only
-    when this gap is small.
-
-    Example::
-
-        >>> import torch
-        >>> purity_gap(torch.tensor([1, 1, 0, 0]), torch.tensor([0, 0, 1, 0]), 2)  # inverted on 3 of 4
-        0.5
-    """
-    n = max(int(target.numel()), 1)
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    confusion.index_put_((preds.long().cpu(), target.long().cpu()), torch.ones_like(target.cpu()), accumulate=True)
-    return float(confusion.max(dim=1).values.sum() - confusion.diagonal().sum()) / n
-
-
 FLIP_GAP = 0.1  # a head whose purity gap exceeds this is reported as flipped (a noise head: ~0.02 +- 0.02)
 
 
@@ -62,9 +43,10 @@ def evaluate(
 ) -> dict[str, float]:
     """Fused and per-modality accuracy and ECE on ``dataset``; head honesty; attribution for ``"mm"``.
 
-    Honesty: each head's :func:`purity_gap`, their maximum (``max_purity_gap``) and the number of
-    heads above ``FLIP_GAP`` (``flipped_heads``). Attribution (only where the data say which
-    modalities are informative, and only for the MultiModal loss): among correctly classified
+    Honesty: each head's purity gap (the reliability metric ``purity_gap``), their maximum
+    (``max_purity_gap``) and the number of heads above ``FLIP_GAP`` (``flipped_heads``).
+    Attribution (only where the data say which modalities are informative, and only for the
+    MultiModal loss): among correctly classified
     instances, the share whose top modality by exact Shapley value (``attr_shapley``) and by
     modality weight (``attr_weight``) is informative. ``extra_attribution`` adds the candidate
     definitions compared in ``benchmarks/design_decisions.py``.
@@ -105,10 +87,10 @@ def evaluate(
     rel = modality_reliability(u.softmax(-1), fused, y, modalities=names)
     row: dict[str, float] = {"test_acc": float(rel["fused/acc"]), "test_ece": float(rel["fused/ece"])}
     gaps = []
-    for i, m in enumerate(names):
+    for m in names:
         row[f"{m}_acc"] = float(rel[f"{m}/acc"])
         row[f"{m}_ece"] = float(rel[f"{m}/ece"])
-        gaps.append(purity_gap(u[:, i].argmax(-1), y, u.shape[-1]))
+        gaps.append(float(rel[f"{m}/purity_gap"]))
         row[f"{m}_purity_gap"] = gaps[-1]
     row["max_purity_gap"] = max(gaps)
     row["flipped_heads"] = float(sum(g > FLIP_GAP for g in gaps))

@@ -735,6 +735,66 @@ def _reduce_like_cross_entropy(
     return total / w.sum().clamp_min(torch.finfo(values.dtype).tiny)
 
 
+def auxiliary_unimodal_loss(
+    unimodal_logits: Tensor,
+    target: Tensor,
+    *,
+    modality_mask: Tensor | None = None,
+    activation: str = "softmax",
+    class_weight: Tensor | None = None,
+    label_smoothing: float = 0.0,
+    ignore_index: int = -100,
+    reduction: str = "mean",
+    num_valid: int | None = None,
+) -> Tensor:
+    """:func:`unimodal_cross_entropy` reduced as the fused cross-entropy is (inputs already checked).
+
+    This is the term ``MultiModalLoss`` adds with weight ``aux_weight``. ``num_valid`` (the
+    number of targets that are not ``ignore_index``, when known) allows a three-op path when
+    every modality is present: the mean over (instance, head) pairs is then the mean over
+    instances of each instance's mean over heads, and torch's class-weighted mean agrees when
+    there is no label smoothing.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss.functional import auxiliary_unimodal_loss
+        >>> u, y = torch.randn(4, 2, 3), torch.tensor([0, 1, 2, 0])
+        >>> fast = auxiliary_unimodal_loss(u, y, num_valid=4)
+        >>> bool(torch.allclose(fast, auxiliary_unimodal_loss(u, y)))
+        True
+    """
+    fast = (
+        modality_mask is None
+        and activation == "softmax"
+        and reduction in ("mean", "sum")
+        and (class_weight is None or label_smoothing == 0)
+        and num_valid is not None
+        and num_valid > 0
+    )
+    if fast:
+        B, M, C = unimodal_logits.shape
+        with _no_autocast(unimodal_logits.device.type):
+            ce = F.cross_entropy(
+                unimodal_logits.to(_compute_dtype(unimodal_logits)).reshape(B * M, C),
+                target.repeat_interleave(M),
+                weight=class_weight,
+                ignore_index=ignore_index,
+                label_smoothing=label_smoothing,
+                reduction=reduction,
+            )
+        return ce if reduction == "mean" else ce / M
+    per_instance = unimodal_cross_entropy(
+        unimodal_logits,
+        target,
+        modality_mask=modality_mask,
+        activation=activation,
+        label_smoothing=label_smoothing,
+        ignore_index=ignore_index,
+    )
+    return _reduce_like_cross_entropy(per_instance, target, class_weight, ignore_index, reduction)
+
+
 def multimodal_loss(
     unimodal_logits: UnimodalInput,
     target: Tensor,
