@@ -16,7 +16,9 @@ from lightning_mmloss.functional.fusion import (
     FusionSpec,
     UnimodalInput,
     _analytics,
+    _batch_last,
     _fuse_raw,
+    _uses_fused_path,
     auxiliary_unimodal_loss,
     cross_entropy_from_fused,
     normalized_proxies,
@@ -274,6 +276,8 @@ class MultiModalLoss(nn.Module):
         (``loss = fused + aux_weight * aux``), e.g. to log them separately.
         """
         u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
+        if _uses_fused_path(self.spec):
+            u = _batch_last(u)  # one copy, shared by the fusion and the auxiliary term
         return self._total(self._fuse(u, mask)[0], u, target, mask, num_valid, return_terms)
 
     def _total(
@@ -351,7 +355,7 @@ class MultiModalLoss(nn.Module):
         u, mask = self._prepare(unimodal_logits, modality_mask)
         if self.validate_args:
             V.check_values(u, mask, self.spec.activation, self.modality_names, weight=self.weight)
-        return self._fuse(u, mask, calibrated=True)[0]
+        return self._fuse(u, mask, calibrated=True)[0].contiguous()
 
     def fuse(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> FusionOutput:
         """Fused logits plus per-instance analytics (subgroup, attention, similarity, weights).

@@ -4,17 +4,20 @@ The forward and backward passes are written by hand in one :class:`torch.autogra
 Why: the formulation is a chain of about twenty small operations on ``(B, C*K)`` tensors;
 autograd records, saves and replays each one. Writing the backward out lets it
 
-* derive the pooling softmax from the attention softmax (a sum and a division instead of a
-  second softmax over a short, strided axis);
-* fold ``1/gamma`` into the matrix products (``addmm(alpha=...)``) and ``1/|w|`` into the
-  small factors of the proxy gradient;
-* replace the ``(B, C*K)`` dot product of the attention backward by a ``(B, M*C)`` one;
-* reuse forward products (``q * T``) in the backward pass.
+* work batch-last (``(M, C, B)``, ``(C, K, B)``): every elementwise op, reduction and broadcast
+  then runs along the long contiguous batch axis instead of short class/proxy axes;
+* skip the softmaxes' max-subtraction (unit-norm proxies bound the similarities) and never
+  materialise the attention or the pooling softmax: both are ``exp(S/gamma)`` times small
+  ``(1, B)``/``(1, K, B)`` factors folded into the products;
+* fold ``1/gamma`` into the instance norms and ``1/|w|`` into the small factors of the proxy
+  gradient, and reuse one ``(C*K, B)`` buffer across the backward pass;
+* take the fused (and auxiliary) cross-entropies in their "spatial" form along the batch axis.
 
 Choices were measured with ``benchmarks/loss_speed.py`` (see ``benchmarks/README.md``). Why a
 second, composite implementation (``backend="autograd"``) stays: the hand-written backward took
 0.53-0.92 of its time at every CPU size measured, but only the composite supports double
-backward and ``torch.func``, and it is the exact path for very small ``gamma``.
+backward and ``torch.func``, and it is the exact path for very small ``gamma`` and for the
+ablation without proxy normalisation (where the similarities are unbounded).
 
 The result is checked against a naive per-instance loop and with ``gradcheck`` in the tests.
 """
@@ -279,14 +282,36 @@ def normalized_proxies(weight: Tensor, normalize: bool = True) -> Tensor:
     return wc * _inv_norm(wc) if normalize else wc
 
 
-class _FusionFunction(torch.autograd.Function):
-    """Fused logits with a hand-written backward pass.
+def _inv_col_norm(x: Tensor) -> Tensor:
+    """``1 / |column|`` of ``(D, B)`` where the norm exceeds ``_EPS``, else ``0``, as ``(1, B)`` (no autograd).
 
-    Layout: similarities as ``(B, C, K)`` (the parameter's row order ``c*K + k``). Returns the
-    fused logits ``o`` ``(B, C)``; with ``analytics=True`` also, marked non-differentiable, the
-    scaled similarity ``T = S / gamma`` ``(B, C, K)``, the attention ``A`` ``(B, C, K)``, the
-    attended proxy ``a`` ``(B, M*C)`` (empty when attention is off) and the masked unimodal
-    scores ``p`` ``(B, M, C)``.
+    A sum of squares over the leading axis: vectorised along the batch, unlike
+    ``linalg.vector_norm(dim=0)`` (measured 17x slower on CPU for ``(30, 1024)``).
+    """
+    sq = torch.linalg.vecdot(x, x, dim=0).view(1, -1)
+    return sq.rsqrt().masked_fill_(sq <= _EPS * _EPS, 0.0)
+
+
+class _FusionFunction(torch.autograd.Function):
+    """Fused logits with a hand-written backward pass, in a batch-last layout.
+
+    Takes the unimodal logits as ``(M, C, B)`` (batch last, contiguous) and returns the fused
+    logits as a ``(B, C)`` *view* of a contiguous ``(C, B)`` tensor. With ``analytics=True`` it
+    also returns, marked non-differentiable and batch-last, the scaled similarity
+    ``T = S / gamma`` ``(C, K, B)``, the attention ``A`` ``(C*K, B)``, the attended proxy
+    ``a`` ``(M*C, B)`` (empty when attention is off) and the masked scores ``p`` ``(M, C, B)``.
+
+    Why batch last: every elementwise op, reduction and broadcast of the formulation then runs
+    along the long, contiguous batch axis. In the natural ``(B, C, K)`` layout the innermost
+    axes are short (``C`` or ``K``, often 10-20) and broadcasts over them (the upstream gradient
+    ``(B, C, 1)``) defeat vectorisation: on CPU the same ops were 2-8x slower there.
+
+    Why no max-subtraction in the softmaxes: this path is taken only for unit-norm proxies
+    (and instances), so ``T`` lies in ``[0, 1/gamma]`` and ``E = exp(T)`` in ``[1, e^{1/gamma}]``;
+    ``_pool_from_attention`` guarantees that ``C*K`` of them cannot overflow. The attention is
+    ``A = E / Z`` and the pooling softmax ``q = E / E_pool`` (``E_pool`` its sum over the pooling
+    axis), so neither is materialised: the ``1/Z`` and ``1/E_pool`` factors are ``(1, B)`` and
+    ``(1, K, B)`` (or ``(C, 1, B)``) tensors folded into the products and the backward.
 
     Normalisation (of ``z`` and of the proxies) is differentiated as ``x / |x|`` wherever the
     norm exceeds ``1e-12``; vectors with smaller norms (absent modalities, fully clamped
@@ -295,50 +320,48 @@ class _FusionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, analytics: bool
+        ctx: Any, uT: Tensor, weight: Tensor, maskT: Tensor | None, spec: FusionSpec, analytics: bool
     ) -> Tensor | tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-        B, M, C = u.shape
-        K = spec.proxies_per_class
-        g = spec.gamma
+        M, C, B = uT.shape
+        K, g = spec.proxies_per_class, spec.gamma
         # identity: clone so that the returned (detached) scores never alias the input
-        p = _softmax_last(u) if spec.activation == "softmax" else u.clone()
-        if mask is not None:
+        # softmax over the class axis, along the contiguous batch: 4x faster on CPU than over short rows
+        p = uT.softmax(dim=1) if spec.activation == "softmax" else uT.clone()
+        if maskT is not None:
             # ``where`` rather than a product: absent modalities may hold NaN placeholders.
-            p = torch.where(mask[:, :, None], p, p.new_zeros(()))
-        z = p.view(B, M * C)
-        inv_r = _inv_norm_nograd(z)
-        zn = z * inv_r
-        P, inv_n = _proxies(weight, spec.normalize_proxies)
-        zero = zn.new_zeros(())  # addmm's ignored input (beta=0)
-        # T = S / gamma, with the 1/gamma folded into the matrix product.
-        T = torch.addmm(zero, zn, P.t(), beta=0, alpha=1.0 / g).view(B, C, K)
-        A = T.view(B, C * K).softmax(dim=-1).view(B, C, K)
-        pool = 1 if spec.pooling == "reference" else 2  # softmax axis of q in (B, C, K)
-        if _pool_from_attention(spec):
-            # q = softmax of T over the pooling axis = A renormalised over that axis.
-            q = A / A.sum(dim=pool, keepdim=True)
-        else:
-            q = T.softmax(dim=pool)
-        # Every fresh (B, C*K) buffer costs page faults on CPU: without analytics, T is not
-        # needed after this point, so q * T overwrites it.
-        qT = q * T if analytics else T.mul_(q)
-        s = qT.sum(dim=2)  # sum_k q*T, i.e. s / gamma
+            p = torch.where(maskT[:, None, :], p, p.new_zeros(()))
+        z = p.view(M * C, B)
+        # zg = z / (gamma |z|): T = P @ zg directly, 1/gamma folded into a (1, B) factor
+        ig = _inv_col_norm(z).mul_(1.0 / g)
+        zg = z * ig
+        P, inv_n = _proxies(weight, True)
+        T = torch.mm(P, zg)  # (C*K, B), in [0, 1/gamma]
+        E = T.exp()  # unnormalised attention, >= 1
+        E3, T3 = E.view(C, K, B), T.view(C, K, B)
+        pool = 0 if spec.pooling == "reference" else 1  # axis of the pooling softmax in (C, K, B)
+        Es = E3.sum(dim=pool, keepdim=True)  # (1, K, B) or (C, 1, B)
+        inv_z = Es.sum(dim=1 - pool, keepdim=True).reciprocal_().view(1, B)  # 1 / sum of all E
+        inv_es = Es.reciprocal_()
+        # q * T with q = E * inv_es; without analytics T is not needed afterwards: overwrite it
+        qT = (T3 * E3 if analytics else T3.mul_(E3)).mul_(inv_es)
+        s = qT.sum(dim=1)  # (C, B): sum_k q T, i.e. s / gamma
         if spec.attention:
-            a = A.view(B, C * K) @ P
-            h = torch.addcmul(z, a, z).view(B, M, C).sum(dim=1)  # sum_m (1 + a_m) * p_m
+            a = torch.mm(P.t(), E).mul_(inv_z)  # (M*C, B), attended proxy A @ P
+            h = torch.addcmul(z, a, z).view(M, C, B).sum(dim=0)  # sum_m (1 + a_m) * p_m
         else:
             a = None
-            h = p.sum(dim=1)
-        o = torch.add(h, s, alpha=g)
+            h = p.sum(dim=0)
+        o = torch.add(h, s, alpha=g)  # (C, B)
         ctx.spec = spec
-        ctx.save_for_backward(weight, mask, p, zn, inv_r, P, inv_n, q, qT, A, a, s, zero)
+        ctx.save_for_backward(weight, maskT, p, zg, ig, P, inv_n, E, inv_es, inv_z, qT, a, s)
         if not analytics:
-            return o
+            return o.t()
         # the analytics outputs get no gradient: do not let autograd allocate zeros for them
         ctx.set_materialize_grads(False)
+        A = E * inv_z
         a_out = a if a is not None else T.new_empty(0)
-        ctx.mark_non_differentiable(T, A, a_out, p)
-        return o, T, A, a_out, p
+        ctx.mark_non_differentiable(T3, A, a_out, p)
+        return o.t(), T3, A, a_out, p
 
     @staticmethod
     @once_differentiable
@@ -348,82 +371,75 @@ class _FusionFunction(torch.autograd.Function):
         if grad_o is None:  # the fused logits did not reach the loss
             return None, None, None, None, None
         spec: FusionSpec = ctx.spec
-        weight, mask, p, zn, inv_r, P, inv_n, q, qT, A, a, s, zero = ctx.saved_tensors
+        weight, maskT, p, zg, ig, P, inv_n, E, inv_es, inv_z, qT, a, s = ctx.saved_tensors
         with _no_autocast(grad_o.device.type):
-            G = grad_o.to(p.dtype)
-            B, M, C = p.shape
-            K = spec.proxies_per_class
-            g = spec.gamma
-            A2 = A.view(B, C * K)
-            G3 = G[:, None, :]  # broadcast over modalities
-            # --- h = sum_m (1 + a_m) p_m, a = A @ P, A = softmax(T) over all C*K ----------
-            if spec.attention:
-                dz = torch.addcmul(G3, G3, a.view(B, M, C)).view(B, M * C)
-                da = (G3 * p).view(B, M * C)
-                dA = torch.mm(da, P.t())  # (B, C*K)
-                # sum_j A_j dA_j = da . (A @ P) = da . a: a (B, M*C) dot instead of a (B, C*K) one
-                rowdot = torch.linalg.vecdot(da, a).unsqueeze(1)
-                dT = dA.sub_(rowdot).mul_(A2).view(B, C, K)
-            else:
-                dz = G3.expand(B, M, C).reshape(B, M * C)
-                da = None
-                dT = torch.zeros_like(q)
-            # --- s = gamma * sum_k q * T, q = softmax of T over the pooling axis ----------
-            # d(gamma s)/dT = gamma * q * [G (1 + T) - sum_pool(q * T * G)]
-            Gb = G[:, :, None]  # (B, C, 1): class axis is 1
+            M, C, B = p.shape
+            K, g = spec.proxies_per_class, spec.gamma
+            # (C, B); already contiguous when the loss took the cross-entropy of the (B, C) view
+            G = grad_o.t()
+            G = (G if G.dtype == p.dtype else G.to(p.dtype)).contiguous()
+            Gb = G.view(C, 1, B)
+            # --- s = gamma * sum_k q * T, q = E / E_pool ---------------------------------------
+            # d(gamma s)/dT = gamma * q * [G (1 + T) - colsum], colsum = sum_pool(q * T * G)
             if spec.pooling == "reference":
-                colsum = (qT * Gb).sum(dim=1, keepdim=True)  # (B, 1, K): sum_c G q T
+                buf = torch.mul(qT, Gb)  # becomes the (C*K, B) buffer of dT below
+                colsum = buf.sum(dim=0, keepdim=True)  # (1, K, B)
             else:
-                colsum = (G * s)[:, :, None]  # (B, C, 1): the saved s is sum_k q T
-            dT.addcmul_(q, Gb, value=g).addcmul_(qT, Gb, value=g).addcmul_(q, colsum, value=-g)
-            dT2 = dT.view(B, C * K)
-            # --- T = zn @ P^T / gamma, zn = z / |z| ----------------------------------------
+                buf = None
+                colsum = (G * s).view(C, 1, B)  # the saved s is sum_k q T
+            # --- h = sum_m (1 + a_m) p_m, a = A @ P, A = E / Z ------------------------------------
+            if spec.attention:
+                dz = torch.addcmul(G, G, a.view(M, C, B)).view(M * C, B)
+                da = (p * (G * inv_z)).view(M * C, B)  # dL/da, times 1/Z (so that A = E below)
+                dA = torch.mm(P, da, out=buf.view(C * K, B)) if buf is not None else torch.mm(P, da)
+                # softmax backward: A * (dA - sum_j A_j dA_j), and sum_j A_j dA_j = da . a
+                rowdot = torch.linalg.vecdot(da, a, dim=0)  # (B,)
+                dT = dA.view(C, K, B).sub_(torch.addcmul(rowdot, colsum, inv_es, value=g))
+            else:
+                dz = G.expand(M, C, B).reshape(M * C, B)
+                da = None
+                dT = torch.mul(colsum, inv_es).mul_(-g).expand(C, K, B).contiguous()
+            # E * [dA/Z - rowdot/Z + gamma (G - colsum) / E_pool] + gamma q T G
+            dT.addcmul_(inv_es, Gb, value=g).mul_(E.view(C, K, B)).addcmul_(qT, Gb, value=g)
+            dT2 = dT.view(C * K, B)
             grad_u = grad_w = None
             if ctx.needs_input_grad[0]:
-                dzn = torch.addmm(zero, dT2, P, beta=0, alpha=1.0 / g)
-                radial = torch.linalg.vecdot(zn, dzn).unsqueeze(1)  # project out the radial part
-                dz.add_(dzn.addcmul_(zn, radial, value=-1).mul_(inv_r))
-                dp = dz.view(B, M, C)
-                if mask is not None:
-                    dp = torch.where(mask[:, :, None], dp, zero)
+                # --- T = P @ zg, zg = z / (gamma |z|) ------------------------------------------
+                Y = torch.mm(P.t(), dT2)  # dL/dzg, (M*C, B)
+                radial = torch.linalg.vecdot(zg, Y, dim=0)  # (B,): project out the radial part
+                dz.add_(Y.addcmul_(zg, radial, value=-g * g).mul_(ig))
+                dp = dz.view(M, C, B)
+                if maskT is not None:
+                    dp = torch.where(maskT[:, None, :], dp, dp.new_zeros(()))
                 if spec.activation == "softmax":
                     pdp = p * dp
-                    grad_u = pdp.addcmul_(p, pdp.sum(dim=-1, keepdim=True), value=-1)  # p * (dp - sum p dp)
+                    grad_u = pdp.addcmul_(p, pdp.sum(dim=1, keepdim=True), value=-1)  # p * (dp - sum p dp)
                 else:
                     grad_u = dp
             if ctx.needs_input_grad[1]:
-                grad_w = _proxy_grad(dT2, A2, da, zn, P, inv_n, weight, g, zero)
+                grad_w = _proxy_grad(dT2, E, da, zg, P, inv_n, weight)
         return grad_u, grad_w, None, None, None
 
 
 def _proxy_grad(
-    dT: Tensor,
-    A: Tensor,
-    da: Tensor | None,
-    zn: Tensor,
-    P: Tensor,
-    inv_n: Tensor | None,
-    weight: Tensor,
-    g: float,
-    zero: Tensor,
+    dT: Tensor, E: Tensor, da: Tensor | None, zg: Tensor, P: Tensor, inv_n: Tensor, weight: Tensor
 ) -> Tensor:
-    """Gradient w.r.t. the proxy parameter from ``dT`` ``(B, C*K)`` and ``da`` ``(B, M*C)``.
+    """Gradient w.r.t. the proxy parameter from ``dT`` and ``E`` ``(C*K, B)``, ``da`` and ``zg`` ``(M*C, B)``.
 
     ``P = wc / |wc|`` with ``wc = clamp(w, 0)``. The ``1/|wc|`` row scale goes on whichever
-    side of the products is smaller: the ``(B, C*K)`` factors or the ``(C*K, M*C)`` result.
+    side of the products is smaller: the ``(C*K, B)`` factors or the ``(C*K, M*C)`` result.
+    ``dT`` is the caller's scratch buffer and may be scaled in place.
     """
-    B, D = zn.shape
-    scale_factors = inv_n is not None and B < D
+    D, B = zg.shape
+    scale_factors = B < D
     if scale_factors:
-        row = inv_n.view(1, -1)
-        dT, A = dT * row, A * row
-    dP = torch.addmm(zero, dT.t(), zn, beta=0, alpha=1.0 / g)
+        dT, E = dT.mul_(inv_n), E * inv_n
+    dP = torch.mm(dT, zg.t())
     if da is not None:
-        dP.addmm_(A.t(), da)
-    if inv_n is not None:
-        if not scale_factors:
-            dP.mul_(inv_n)
-        dP.addcmul_(P, torch.linalg.vecdot(P, dP).unsqueeze(1), value=-1)  # project out the radial part
+        dP.addmm_(E, da.t())
+    if not scale_factors:
+        dP.mul_(inv_n)
+    dP.addcmul_(P, torch.linalg.vecdot(P, dP).unsqueeze(1), value=-1)  # project out the radial part
     return dP.masked_fill_(weight < 0, 0.0)  # clamp_min passes the gradient where w >= 0
 
 
@@ -475,22 +491,48 @@ def _spec_from(u: Tensor, weight: Tensor, options: FusionOptions) -> FusionSpec:
     return FusionSpec(num_classes=C, num_modalities=M, proxies_per_class=K, **dataclasses.asdict(options))
 
 
+def _uses_fused_path(spec: FusionSpec) -> bool:
+    """Whether the hand-written :class:`_FusionFunction` computes this fusion (else the composite).
+
+    It needs unit-norm proxies and a ``gamma`` for which ``exp(1/gamma)`` summed over ``C*K``
+    proxies stays finite (see its docstring); the ablation without normalisation and very small
+    ``gamma`` take the composite path, as does ``backend="autograd"``.
+    """
+    return spec.backend == "fused" and _pool_from_attention(spec)
+
+
+def _batch_last(u: Tensor) -> Tensor:
+    """``u`` ``(B, M, C)`` as a view of a contiguous ``(M, C, B)`` tensor (the fused path's layout).
+
+    Copied once; the fused path and the auxiliary cross-entropy then read it without copies.
+    """
+    return u.permute(1, 2, 0).contiguous().permute(2, 0, 1)
+
+
 def _fuse_raw(
     u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, analytics: bool = False
 ) -> tuple[Any, ...]:
     """Run the fusion in at least float32 with autocast disabled (inputs already validated).
 
-    Returns ``(o, T, A, a, p)``; with ``analytics=False`` (the loss and prediction paths) only
-    ``o`` is computed for return, the rest is ``None``.
+    Returns ``(o, T, A, a, p)`` shaped ``(B, C)``, ``(B, C, K)``, ``(B, C, K)``, ``(B, M*C)``,
+    ``(B, M, C)``; from the fused path they are views of batch-last tensors (``o`` is the
+    transpose of a contiguous ``(C, B)``: :func:`cross_entropy_from_fused` uses that). With
+    ``analytics=False`` (the loss and prediction paths) only ``o`` is computed, the rest is ``None``.
     """
     dtype = _compute_dtype(u, weight)
     with _no_autocast(u.device.type):
         u, weight = u.to(dtype), weight.to(dtype)
-        if spec.backend == "autograd" or _small_gamma(spec):
+        if not _uses_fused_path(spec):
             out = _fuse_composite(u, weight, mask, spec)
             return out if analytics else (out[0], None, None, None, None)
-        out = _FusionFunction.apply(u, weight, mask, spec, analytics)
-    return out if analytics else (out, None, None, None, None)
+        uT = u.permute(1, 2, 0).contiguous()  # no copy when ``u`` comes from _batch_last
+        maskT = None if mask is None else mask.t()
+        out = _FusionFunction.apply(uT, weight, maskT, spec, analytics)
+    if not analytics:
+        return out, None, None, None, None
+    o, T, A, a, p = out
+    B, C, K = o.shape[0], spec.num_classes, spec.proxies_per_class
+    return o, T.permute(2, 0, 1), A.t().view(B, C, K), a.t(), p.permute(2, 0, 1)
 
 
 def _analytics(o: Tensor, T: Tensor, A: Tensor, a: Tensor, p: Tensor, spec: FusionSpec) -> FusionOutput:
@@ -498,9 +540,9 @@ def _analytics(o: Tensor, T: Tensor, A: Tensor, a: Tensor, p: Tensor, spec: Fusi
     with torch.no_grad():
         B, M, C = p.shape
         K = spec.proxies_per_class
-        S = T * spec.gamma
-        sim, att = S, A.view_as(S)
-        subgroup = sim.reshape(B, C * K).argmax(dim=-1)
+        # contiguous (B, ...) tensors for the user, whatever layout the fusion computed them in
+        sim, att = (T * spec.gamma).contiguous(), A.contiguous()
+        subgroup = sim.view(B, C * K).argmax(dim=-1)
         c_hat = o.detach().argmax(dim=-1)
         pick = c_hat.view(B, 1, 1).expand(B, M, 1)
         contrib = p.gather(2, pick).squeeze(2)
@@ -509,11 +551,11 @@ def _analytics(o: Tensor, T: Tensor, A: Tensor, a: Tensor, p: Tensor, spec: Fusi
         total = contrib.sum(dim=1, keepdim=True)
         weights = torch.where(total > 0, contrib / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
     return FusionOutput(
-        logits=o,
+        logits=o.contiguous(),
         subgroup=subgroup,
         attention=att,
         similarity=sim,
-        unimodal_probs=p,
+        unimodal_probs=p.contiguous(),
         modality_weights=weights,
     )
 
@@ -591,7 +633,7 @@ def multimodal_logits(
         validate_args,
         _options(options, option_kwargs),
     )
-    return _fuse_raw(u, weight, mask, spec)[0]
+    return _fuse_raw(u, weight, mask, spec)[0].contiguous()
 
 
 def multimodal_fuse(
@@ -665,6 +707,19 @@ def cross_entropy_from_fused(
         zero = logits.sum() * 0.0
         return zero.expand(logits.shape[0]) if reduction == "none" else zero
     w = None if class_weight is None else class_weight.to(device=logits.device, dtype=logits.dtype)
+    if logits.dim() == 2 and logits.shape[0] > 1 and logits.t().is_contiguous():
+        # (B, C) as a view of a contiguous (C, B), as the fused path returns it: the "spatial" form
+        # of cross-entropy ((1, C, B) input) reduces along the contiguous batch axis, the same
+        # value; on CPU 7x faster than over short rows of C classes (measured at B=1024, C=10)
+        ce = F.cross_entropy(
+            logits.t().unsqueeze(0),
+            target.unsqueeze(0),
+            weight=w,
+            ignore_index=ignore_index,
+            reduction=reduction,
+            label_smoothing=label_smoothing,
+        )
+        return ce.squeeze(0) if reduction == "none" else ce
     return F.cross_entropy(
         logits, target, weight=w, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
     )
@@ -773,11 +828,13 @@ def auxiliary_unimodal_loss(
         and num_valid > 0
     )
     if fast:
-        B, M, C = unimodal_logits.shape
+        B, M, _ = unimodal_logits.shape
         with _no_autocast(unimodal_logits.device.type):
+            # the spatial form over (M, C, B): contiguous, without a copy, when the input comes
+            # from the fused path's batch-last layout; the same mean over (instance, head) pairs
             ce = F.cross_entropy(
-                unimodal_logits.to(_compute_dtype(unimodal_logits)).reshape(B * M, C),
-                target.repeat_interleave(M),
+                unimodal_logits.to(_compute_dtype(unimodal_logits)).permute(1, 2, 0),
+                target.unsqueeze(0).expand(M, B),
                 weight=class_weight,
                 ignore_index=ignore_index,
                 label_smoothing=label_smoothing,

@@ -81,7 +81,7 @@ def _coalition_probs(
         if mask is not None:
             cm = cm & mask[None]
         uu = u[None].expand(S, B, *u.shape[1:]).reshape(S * B, *u.shape[1:])
-        o = _fuse_raw(uu, weight, cm.reshape(S * B, M), spec)[0].view(S, B, -1)
+        o = _fuse_raw(uu, weight, cm.reshape(S * B, M), spec)[0].reshape(S, B, -1)
         if logit_scale is not None:
             o = o * logit_scale
         values.append(o.softmax(dim=-1).gather(2, cls.view(1, B, 1).expand(S, B, 1)).squeeze(2))

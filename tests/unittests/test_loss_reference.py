@@ -152,6 +152,60 @@ def test_gradcheck(pooling: str, attention: bool, normalize: bool, masked: bool,
     assert torch.autograd.gradcheck(fused, (u, w), eps=1e-6, atol=1e-5)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(
+    ("B", "activation", "pooling"),
+    [(12, "softmax", "reference"), (12, "identity", "softtriple"), (5, "identity", "reference")],
+)
+def test_gradcheck_batch_sizes_and_identity(B: int, activation: str, pooling: str, backend: str) -> None:
+    # B > M*C and B < M*C take the two orders of the proxy gradient's row scaling
+    M, C, K = 2, 3, 2
+    crit = _make(M, C, K, pooling=pooling, activation=activation, gamma=0.5)
+    with torch.no_grad():
+        crit.weight.copy_(torch.where(crit.weight.abs() < 0.05, 0.3, crit.weight))
+    u = _inputs(B, M, C, activation)
+    w = crit.weight.detach().clone().requires_grad_(True)
+    mask = torch.rand(B, M, generator=torch.Generator().manual_seed(1)) > 0.3
+
+    def fused(u_: torch.Tensor, w_: torch.Tensor) -> torch.Tensor:
+        opts = {"gamma": 0.5, "pooling": pooling, "activation": activation, "backend": backend}
+        return multimodal_logits(u_, w_, modality_mask=mask, **opts)
+
+    assert torch.autograd.gradcheck(fused, (u, w), eps=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("weighted", [True, False])  # False: the auxiliary term's one-call path
+def test_gradcheck_default_loss_with_every_option(backend: str, reduction: str, weighted: bool) -> None:
+    # the whole default loss (fused + auxiliary cross-entropy), through the cross-entropies'
+    # batch-last forms, with class weights, label smoothing and an ignored target
+    M, C, K, B = 2, 3, 2, 9
+    crit = MultiModalLoss(
+        C,
+        M,
+        K,
+        gamma=0.5,
+        backend=backend,
+        reduction=reduction,
+        class_weight=[1.0, 2.0, 0.5] if weighted else None,
+        label_smoothing=0.1 if weighted else 0.0,
+    ).double()
+    u = _inputs(B, M, C)
+    y = torch.tensor([0, 1, 2, -100, 1, 0, 2, 2, 1])
+    w = crit.weight.detach().clone().requires_grad_(True)
+
+    def loss(u_: torch.Tensor, w_: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(crit, {"weight": w_}, (u_, y))
+
+    assert torch.autograd.gradcheck(loss, (u, w), eps=1e-6, atol=1e-5)
+    logits = reference_fuse(u, crit.weight, K, 0.5)["logits"]
+    ref = reference_total_loss(
+        logits, u, y, 0.5, class_weight=crit.class_weight, label_smoothing=0.1 if weighted else 0.0, reduction=reduction
+    )
+    torch.testing.assert_close(crit(u, y), ref)
+
+
 def test_autograd_backend_supports_double_backward() -> None:
     u = _inputs(3, 2, 3)
     w = torch.rand(6, 6, dtype=torch.float64, requires_grad=True)
