@@ -5,7 +5,7 @@ Run: ``python benchmarks/embedding_step.py`` (``--device cuda`` on a GPU machine
 Three modalities of 512 precomputed features each (frozen image/audio/text encoders), one
 two-layer MLP head per modality (512-256-C), batch 1024, K=20 proxies per class; C=10 and C=100.
 One timed step is forward, backward and an Adam step over heads (and proxies). Contenders,
-interleaved in one process, median of ``--repeats`` rounds of ``--steps`` steps:
+interleaved in one process, median of ``--repeats`` rounds (shuffled order) of ``--steps`` steps:
 
 * ``late``: the unimodal cross-entropies plus the cross-entropy of the mean logits (the
   ``late`` fusion of ``lightning-mmloss compare``);
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -36,6 +37,11 @@ from rich.table import Table
 from torch import nn
 
 from lightning_mmloss import MultiModalLoss
+
+try:
+    from _opcount import count_ops
+except ImportError:  # run as a module from the repository root
+    from benchmarks._opcount import count_ops
 
 M, D, B, K = 3, 512, 1024, 20
 
@@ -74,10 +80,8 @@ def make_step(kind: str, num_classes: int, device: str, compile_: bool) -> Calla
     return step
 
 
-def count_ops(num_classes: int, device: str) -> tuple[int, int]:
-    """Operator calls (CPU) or kernels (CUDA) in the loss's forward + backward: (MultiModalLoss, late)."""
-    from torch.profiler import ProfilerActivity, profile
-
+def count_loss_ops(num_classes: int, device: str) -> tuple[int, int]:
+    """Data-touching operators (CPU) or kernels (CUDA) of the loss's forward + backward: (mm, late)."""
     u = torch.randn(B, M, num_classes, device=device, requires_grad=True)
     y = torch.randint(0, num_classes, (B,), device=device)
     crit = MultiModalLoss(num_classes, M, K).to(device)
@@ -88,28 +92,7 @@ def count_ops(num_classes: int, device: str) -> tuple[int, int]:
     def late() -> None:
         (F.cross_entropy(u.mean(dim=1), y) + F.cross_entropy(u.flatten(0, 1), y.repeat_interleave(M))).backward()
 
-    counts = []
-    for fn in (mm, late):
-        fn()  # warm-up
-        activity = ProfilerActivity.CUDA if device == "cuda" else ProfilerActivity.CPU
-        with profile(activities=[activity]) as prof:
-            fn()
-            if device == "cuda":
-                torch.cuda.synchronize()
-        events = prof.events()
-        if device == "cuda":
-            counts.append(sum(1 for e in events if e.device_type == torch.autograd.DeviceType.CUDA))
-        else:  # aten operators not called by another aten operator: forward ones, and those the
-            # autograd engine (or a custom Function's backward) calls; sub-calls are not counted twice
-            counts.append(
-                sum(
-                    1
-                    for e in events
-                    if e.name.startswith("aten::")
-                    and (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))
-                )
-            )
-    return counts[0], counts[1]
+    return count_ops(mm, device)[1], count_ops(late, device)[1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -141,15 +124,18 @@ def main(argv: list[str] | None = None) -> None:
                 step(x, y)
         sync()
         times: dict[str, list[float]] = {k: [] for k in kinds}
+        order, rng = list(kinds), random.Random(0)
         for _ in range(args.repeats):
-            for k, step in steps.items():  # interleaved: the machine's drift hits every contender alike
+            rng.shuffle(order)  # interleaved, shuffled: drift and page-fault debts hit every contender alike
+            for k in order:
+                step = steps[k]
                 sync()
                 t0 = time.perf_counter()
                 for _ in range(args.steps):
                     step(x, y)
                 sync()
                 times[k].append((time.perf_counter() - t0) / args.steps * 1e3)
-        mm_ops, late_ops = count_ops(C, device)
+        mm_ops, late_ops = count_loss_ops(C, device)
         base = statistics.median(times["late"])
         for k in kinds:
             med = statistics.median(times[k])

@@ -2,27 +2,34 @@
 
 Run: ``python benchmarks/loss_speed.py`` (``--device cuda`` on a GPU machine).
 
-Three contenders per configuration (B, M, C, K), timed interleaved in one process:
+Contenders per configuration (B, M, C, K), timed interleaved in one process, in a shuffled
+order each round (a contender that frees much memory makes the next one pay page faults):
 
 * ``mmloss``: :class:`lightning_mmloss.MultiModalLoss` as users get it (``validate_args=True``,
-  one device sync per call for the input checks), and ``mmloss-novalid`` without the checks,
-  both with ``PAPER_OPTIONS`` (the formulation the transcription computes); ``mmloss+aux`` is the
-  default configuration, with its auxiliary unimodal cross-entropy;
-* ``plain``: the formulation of ``shared/design/loss.md`` transcribed line by line with
-  vectorised torch ops and autograd (below, ``plain_multimodal_loss``);
+  one device sync per call for the input checks), and ``no-valid`` without the checks, both
+  with ``PAPER_OPTIONS`` (the formulation the transcription computes); ``+aux`` is the default
+  configuration, with its auxiliary unimodal cross-entropy; ``autograd`` the composite backend;
+* ``plain``: the formulation of ``shared/design/loss.md`` (the authors' formulation) transcribed
+  line by line with vectorised torch ops and autograd (below, ``plain_multimodal_loss``);
+* ``softtriple``: pytorch-metric-learning's ``SoftTripleLoss`` (K centers per class) on the same
+  embedding, the concatenated unimodal probabilities (only when the package is installed:
+  ``pip install -e ".[bench]"``);
 * ``ce-sum``: cross-entropy on the sum of the unimodal probabilities (the cheapest fusion).
 
 Each timed call is forward + backward w.r.t. the unimodal logits and the proxies. The table
-prints the median over repeats and the ratios to ``plain``. Memory is the size of the tensors
-that autograd saves for backward (measured with ``saved_tensors_hooks``; on CUDA also the
-peak allocated memory). Timings are not asserted anywhere: CPU timings on shared machines vary
-by about 20% between runs, which is why the ratios are measured side by side.
+prints the median over repeats and the ratios to ``plain`` (median of the per-round ratios).
+``ops`` counts one forward + backward: aten operators that touch data on CPU, kernels on
+CUDA (``benchmarks/_opcount.py``). Memory is the size of the tensors that autograd saves for
+backward (measured with ``saved_tensors_hooks``; on CUDA also the peak allocated memory).
+Timings are not asserted anywhere: CPU timings on shared machines vary by about 20% between
+runs, which is why the ratios are measured side by side.
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -33,6 +40,16 @@ from rich.console import Console
 from rich.table import Table
 
 from lightning_mmloss import PAPER_OPTIONS, MultiModalLoss
+
+try:  # a peer, optional: pip install -e ".[bench]"
+    from pytorch_metric_learning.losses import SoftTripleLoss
+except ImportError:  # pragma: no cover - depends on the environment
+    SoftTripleLoss = None
+
+try:
+    from _opcount import count_ops
+except ImportError:  # run as a module from the repository root
+    from benchmarks._opcount import count_ops
 
 CONFIGS = [(1024, 3, 10, 20), (256, 2, 2, 20), (256, 4, 100, 20), (64, 3, 1000, 10)]
 
@@ -89,36 +106,49 @@ def bench_config(B: int, M: int, C: int, K: int, device: torch.device, repeats: 
     crit_nv.load_state_dict(crit.state_dict())
     crit_aux = MultiModalLoss(C, M, K, gamma=0.1).to(device)
     crit_aux.weight.data.copy_(crit.weight.data)
+    crit_ag = MultiModalLoss(C, M, K, gamma=0.1, backend="autograd", **PAPER_OPTIONS).to(device)
+    crit_ag.weight.data.copy_(crit.weight.data)
     w = crit.weight
+    peers = [crit, crit_nv, crit_aux, crit_ag]
 
-    # the three implementations agree before anything is timed
+    # the implementations agree before anything is timed
     ref = plain_multimodal_loss(u, w, y, K, 0.1)
-    got = crit(u, y)
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-5)
+    for c in (crit, crit_ag):
+        torch.testing.assert_close(c(u, y), ref, rtol=1e-4, atol=1e-5)
 
     def step(fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
         def run() -> None:
             loss = fn()
             loss.backward()
             u.grad = None
-            for m in (crit, crit_nv, crit_aux):
-                m.weight.grad = None
+            for m in peers:
+                for prm in m.parameters():
+                    prm.grad = None
 
         return run
 
     contenders = {
         "mmloss": step(lambda: crit(u, y)),
-        "mmloss-novalid": step(lambda: crit_nv(u, y)),
-        "mmloss+aux": step(lambda: crit_aux(u, y)),
+        "no-valid": step(lambda: crit_nv(u, y)),
+        "+aux": step(lambda: crit_aux(u, y)),
+        "autograd": step(lambda: crit_ag(u, y)),
         "plain": step(lambda: plain_multimodal_loss(u, w, y, K, 0.1)),
         "ce-sum": step(lambda: sum_ce_loss(u, y)),
     }
+    if SoftTripleLoss is not None:
+        st = SoftTripleLoss(C, M * C, centers_per_class=K, la=20, gamma=0.1, margin=0.01).to(device)
+        peers.append(st)
+        contenders["softtriple"] = step(lambda: st(u.softmax(dim=-1).reshape(B, M * C), y))
     for fn in contenders.values():  # warm-up
         for _ in range(3):
             fn()
+    order = list(contenders)
+    rng = random.Random(0)
     times: dict[str, list[float]] = {k: [] for k in contenders}
     for _ in range(repeats):
-        for name, fn in contenders.items():  # interleaved: drift hits every contender alike
+        rng.shuffle(order)  # no contender always follows the same one
+        for name in order:
+            fn = contenders[name]
             sync(device)
             t0 = time.perf_counter()
             for _ in range(inner):
@@ -126,6 +156,8 @@ def bench_config(B: int, M: int, C: int, K: int, device: torch.device, repeats: 
             sync(device)
             times[name].append((time.perf_counter() - t0) / inner)
     med = {k: statistics.median(v) for k, v in times.items()}
+    ratio = {k: statistics.median(a / b for a, b in zip(v, times["plain"], strict=True)) for k, v in times.items()}
+    ops = {k: count_ops(contenders[k], device.type)[1] for k in ("mmloss", "+aux", "plain", "ce-sum")}
     mem = {
         "mmloss": saved_bytes(lambda: crit(u, y)),
         "plain": saved_bytes(lambda: plain_multimodal_loss(u, w, y, K, 0.1)),
@@ -139,7 +171,7 @@ def bench_config(B: int, M: int, C: int, K: int, device: torch.device, repeats: 
             fn()
             torch.cuda.synchronize()
             peak[name] = torch.cuda.max_memory_allocated() - base
-    return {"median": med, "saved": mem, "peak": peak}
+    return {"median": med, "ratio": ratio, "saved": mem, "peak": peak, "ops": ops}
 
 
 def crossover(device: torch.device, repeats: int, console: Console) -> None:
@@ -179,7 +211,7 @@ def main() -> None:
     device = torch.device(args.device)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(width=250)
     if args.crossover:
         crossover(device, args.repeats, console)
         return
@@ -190,17 +222,11 @@ def main() -> None:
         f"{time.strftime('%Y-%m-%d')}"
     )
     table = Table(title=title)
-    for col in (
-        "B, M, C, K",
-        "mmloss ms",
-        "plain ms",
-        "ce-sum ms",
-        "mmloss / plain",
-        "no-valid / plain",
-        "+aux / plain",
-        "mmloss / ce-sum",
-        "saved MB mm / plain",
-    ):
+    peer = SoftTripleLoss is not None
+    cols = ["B, M, C, K", "mmloss ms", "plain ms", "ce-sum ms", "mmloss / plain", "no-valid / plain"]
+    cols += ["+aux / plain", "autograd / plain"] + (["softtriple / plain"] if peer else [])
+    cols += ["mmloss / ce-sum", "ops mm / +aux / plain / ce", "saved MB mm / plain"]
+    for col in cols:
         table.add_column(col, justify="right")
     for B, M, C, K in CONFIGS:
         # calibrate inner loops so one timed block lasts about --min-time
@@ -213,21 +239,20 @@ def main() -> None:
         sync(device)
         inner = max(1, int(args.min_time / max(time.perf_counter() - t0, 1e-6)))
         r = bench_config(B, M, C, K, device, args.repeats, inner)
-        med, mem = r["median"], r["saved"]
+        med, ratio, mem, ops = r["median"], r["ratio"], r["saved"], r["ops"]
         mem_txt = f"{mem['mmloss'] / 2**20:.2f} / {mem['plain'] / 2**20:.2f}"
         if r["peak"]:
             mem_txt += f" (peak {r['peak']['mmloss'] / 2**20:.1f} / {r['peak']['plain'] / 2**20:.1f})"
-        table.add_row(
-            f"{B}, {M}, {C}, {K}",
-            f"{med['mmloss'] * 1e3:.3f}",
-            f"{med['plain'] * 1e3:.3f}",
-            f"{med['ce-sum'] * 1e3:.3f}",
-            f"{med['mmloss'] / med['plain']:.2f}",
-            f"{med['mmloss-novalid'] / med['plain']:.2f}",
-            f"{med['mmloss+aux'] / med['plain']:.2f}",
+        row = [f"{B}, {M}, {C}, {K}", f"{med['mmloss'] * 1e3:.3f}", f"{med['plain'] * 1e3:.3f}"]
+        row += [f"{med['ce-sum'] * 1e3:.3f}"]
+        row += [f"{ratio[k]:.2f}" for k in ("mmloss", "no-valid", "+aux", "autograd")]
+        row += [f"{ratio['softtriple']:.2f}"] if peer else []
+        row += [
             f"{med['mmloss'] / med['ce-sum']:.1f}",
-            mem_txt,
-        )
+            " / ".join(str(ops[k]) for k in ("mmloss", "+aux", "plain", "ce-sum")),
+        ]
+        row += [mem_txt]
+        table.add_row(*row)
     console.print(table)
 
 

