@@ -14,7 +14,9 @@ order each round (a contender that frees much memory makes the next one pay page
 * ``softtriple``: pytorch-metric-learning's ``SoftTripleLoss`` (K centers per class) on the same
   embedding, the concatenated unimodal probabilities (only when the package is installed:
   ``pip install -e ".[bench]"``);
-* ``ce-sum``: cross-entropy on the sum of the unimodal probabilities (the cheapest fusion).
+* ``ce-sum``: cross-entropy on the sum of the unimodal probabilities (the cheapest fusion);
+* with ``--compile``: ``torch.compile(mmloss, fullgraph=True)``, ``mode="reduce-overhead"`` (CUDA
+  graphs) on CUDA.
 
 Each timed call is forward + backward w.r.t. the unimodal logits and the proxies. The table
 prints the median over repeats and the ratios to ``plain`` (median of the per-round ratios).
@@ -95,7 +97,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def bench_config(B: int, M: int, C: int, K: int, device: torch.device, repeats: int, inner: int) -> dict:
+def bench_config(
+    B: int, M: int, C: int, K: int, device: torch.device, repeats: int, inner: int, compile_: bool = False
+) -> dict:
     g = torch.Generator().manual_seed(0)
     u = (torch.randn(B, M, C, generator=g) * 2).to(device).requires_grad_(True)
     y = torch.randint(0, C, (B,), generator=g).to(device)
@@ -135,6 +139,11 @@ def bench_config(B: int, M: int, C: int, K: int, device: torch.device, repeats: 
         "plain": step(lambda: plain_multimodal_loss(u, w, y, K, 0.1)),
         "ce-sum": step(lambda: sum_ce_loss(u, y)),
     }
+    if compile_:
+        # the whole default-validated loss in one graph; on CUDA also captured in a CUDA graph
+        mode = "reduce-overhead" if device.type == "cuda" else "default"
+        compiled = torch.compile(crit, mode=mode, fullgraph=True)
+        contenders["compiled"] = step(lambda: compiled(u, y))
     if SoftTripleLoss is not None:
         st = SoftTripleLoss(C, M * C, centers_per_class=K, la=20, gamma=0.1, margin=0.01).to(device)
         peers.append(st)
@@ -207,6 +216,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--min-time", type=float, default=0.02, help="seconds per timed block (sets inner loops)")
     parser.add_argument("--crossover", action="store_true", help="time the fused and autograd backends instead")
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile(loss) (reduce-overhead on CUDA)"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -225,6 +237,7 @@ def main() -> None:
     peer = SoftTripleLoss is not None
     cols = ["B, M, C, K", "mmloss ms", "plain ms", "ce-sum ms", "mmloss / plain", "no-valid / plain"]
     cols += ["+aux / plain", "autograd / plain"] + (["softtriple / plain"] if peer else [])
+    cols += ["compiled / plain"] if args.compile else []
     cols += ["mmloss / ce-sum", "ops mm / +aux / plain / ce", "saved MB mm / plain"]
     for col in cols:
         table.add_column(col, justify="right")
@@ -238,7 +251,7 @@ def main() -> None:
         crit(u, y).backward()
         sync(device)
         inner = max(1, int(args.min_time / max(time.perf_counter() - t0, 1e-6)))
-        r = bench_config(B, M, C, K, device, args.repeats, inner)
+        r = bench_config(B, M, C, K, device, args.repeats, inner, args.compile)
         med, ratio, mem, ops = r["median"], r["ratio"], r["saved"], r["ops"]
         mem_txt = f"{mem['mmloss'] / 2**20:.2f} / {mem['plain'] / 2**20:.2f}"
         if r["peak"]:
@@ -247,6 +260,7 @@ def main() -> None:
         row += [f"{med['ce-sum'] * 1e3:.3f}"]
         row += [f"{ratio[k]:.2f}" for k in ("mmloss", "no-valid", "+aux", "autograd")]
         row += [f"{ratio['softtriple']:.2f}"] if peer else []
+        row += [f"{ratio['compiled']:.2f}"] if args.compile else []
         row += [
             f"{med['mmloss'] / med['ce-sum']:.1f}",
             " / ".join(str(ops[k]) for k in ("mmloss", "+aux", "plain", "ce-sum")),

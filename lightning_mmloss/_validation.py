@@ -276,7 +276,7 @@ def check_values(
 
     The common case costs a few reductions and one synchronisation: the sum of the logits is
     finite when every entry is (a huge finite sum that overflows only triggers the exact
-    count), ``aminmax`` of the targets settles the range, and the proxy parameter's sum and
+    count), ``aminmax`` of the targets settles the range, and the proxy parameter's minimum and
     maximum (all proxies dead iff it is <= 0) come along. The exact counts behind an
     error message are only computed when a fast check fails. Entries of masked (absent)
     modalities are not checked: they never enter the computation. Under ``torch.compile`` the
@@ -301,9 +301,9 @@ def check_values(
         flags.extend([vals.amin(), vals.float().square().sum()])
     has_weight = weight is not None and weight.numel() > 0
     if has_weight:
-        w = weight.detach()
-        # sum: finite iff every entry is; amax <= 0 iff every proxy is clamped to zero (dead)
-        flags.extend([w.sum(), w.amax()])
+        # min and max (one op; both propagate NaN): finite iff every entry is; max <= 0 iff every
+        # proxy is clamped to zero (dead)
+        flags.extend(torch.aminmax(weight.detach()))
     has_target = target is not None and target.numel() > 0
     if has_target:
         # in the logits' float dtype: exact for any realistic class index (< 2^24)
@@ -327,7 +327,7 @@ def check_values(
             )
     if has_weight:
         i = 3 if identity else 1
-        _check_proxies(weight, values[i], values[i + 1])
+        _check_proxies(weight, values[i] + values[i + 1], values[i + 1])
     if not has_target:
         return 0
     tmin, tmax = values[-2], values[-1]

@@ -276,7 +276,7 @@ class MultiModalLoss(nn.Module):
         (``loss = fused + aux_weight * aux``), e.g. to log them separately.
         """
         u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
-        if _uses_fused_path(self.spec):
+        if (self.aux_weight or return_terms) and _uses_fused_path(self.spec):
             u = _batch_last(u)  # one copy, shared by the fusion and the auxiliary term
         return self._total(self._fuse(u, mask)[0], u, target, mask, num_valid, return_terms)
 

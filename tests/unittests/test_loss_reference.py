@@ -280,3 +280,46 @@ def test_auxiliary_unimodal_term_matches_reference(backend: str, reduction: str,
     torch.testing.assert_close(total, loss)
     torch.testing.assert_close(fused + 0.7 * aux, loss)
     torch.testing.assert_close(fused, reference(u.nan_to_num(), 0.0))
+
+
+@pytest.mark.parametrize("gamma", [0.1, 0.02, 1 / 65])
+def test_fused_float32_as_precise_as_autograd_up_to_the_gamma_limit(gamma: float) -> None:
+    # the fused path skips the softmaxes' max-subtraction (exp(S/gamma) <= e^{1/gamma}); up to the
+    # largest 1/gamma it accepts, its float32 gradients must be as close to float64 as autograd's
+    from lightning_mmloss.functional.fusion import FusionOptions, _spec_from, _uses_fused_path
+
+    torch.manual_seed(0)
+    B, M, C, K = 64, 3, 4, 10
+    u64, w64 = torch.randn(B, M, C, dtype=torch.float64) * 2, torch.rand(C * K, M * C, dtype=torch.float64)
+    assert _uses_fused_path(_spec_from(u64, w64, FusionOptions(gamma=gamma)))
+    y = torch.randint(0, C, (B,))
+
+    def grads(u: torch.Tensor, w: torch.Tensor, backend: str) -> tuple[torch.Tensor, ...]:
+        u, w = u.clone().requires_grad_(), w.clone().requires_grad_()
+        o = multimodal_logits(u, w, gamma=gamma, backend=backend)
+        return torch.autograd.grad(torch.nn.functional.cross_entropy(o, y), (u, w))
+
+    ref = grads(u64, w64, "autograd")
+    err = {
+        b: [
+            float((g.double() - r).norm() / r.norm())
+            for g, r in zip(grads(u64.float(), w64.float(), b), ref, strict=True)
+        ]
+        for b in BACKENDS
+    }
+    for fused, composite in zip(err["fused"], err["autograd"], strict=True):
+        assert fused < 2 * composite + 1e-6
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_public_outputs_are_contiguous_batch_first(backend: str) -> None:
+    # the fused path computes batch-last; what users receive is (B, ...) and contiguous (.view works)
+    crit = MultiModalLoss(4, 3, 5, backend=backend)
+    u = torch.randn(16, 3, 4)
+    out = crit.fuse(u)
+    for name in ("logits", "subgroup", "attention", "similarity", "unimodal_probs", "modality_weights"):
+        assert getattr(out, name).is_contiguous(), name
+    assert out.attention.view(16, -1).shape == (16, 20)
+    assert crit.fused_logits(u).is_contiguous()
+    assert multimodal_logits(u, crit.weight, backend=backend).is_contiguous()
+    torch.testing.assert_close(crit.fused_logits(u), out.logits)
