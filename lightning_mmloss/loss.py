@@ -303,7 +303,7 @@ class MultiModalLoss(nn.Module):
             reduction=self.reduction,
             num_valid=num_valid,
         )
-        total = fused + self.aux_weight * aux if self.aux_weight else fused
+        total = torch.add(fused, aux, alpha=self.aux_weight) if self.aux_weight else fused
         return (total, fused, aux) if return_terms else total
 
     def _prepare_with_target(
