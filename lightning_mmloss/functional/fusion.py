@@ -186,10 +186,15 @@ def _no_autocast(device_type: str) -> contextlib.AbstractContextManager[Any]:
 
 def _compute_dtype(*tensors: Tensor) -> torch.dtype:
     """At least float32; float64 when any input is float64 (e.g. a module converted with ``.double()``)."""
-    dtype = torch.float32
-    for t in tensors:
-        dtype = torch.promote_types(dtype, t.dtype)
-    return dtype
+    # the inputs are checked floating tensors, so promotion with float32 is float64 or float32
+    # (a plain comparison: torch.promote_types is an operator call)
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+def _as_compute_dtype(x: Tensor) -> Tensor:
+    """``x`` in its :func:`_compute_dtype` (no call when it already is)."""
+    dtype = _compute_dtype(x)
+    return x if x.dtype == dtype else x.to(dtype)
 
 
 def _inv_norm(x: Tensor) -> Tensor:
@@ -530,7 +535,9 @@ def _fuse_raw(
     """
     dtype = _compute_dtype(u, weight)
     with _no_autocast(u.device.type):
-        u, weight = u.to(dtype), weight.to(dtype)
+        # (``.to`` to the same dtype still costs a call's overhead: a few µs at small sizes)
+        u = u if u.dtype == dtype else u.to(dtype)
+        weight = weight if weight.dtype == dtype else weight.to(dtype)
         if not _uses_fused_path(spec):
             out = _fuse_composite(u, weight, mask, spec)
             return out if analytics else (out[0], None, None, None, None)
@@ -711,7 +718,7 @@ def cross_entropy_from_fused(
     """
     # no autocast guard needed: the fused logits are float32/64 and autocast runs
     # cross-entropy in float32 anyway
-    logits = logits.to(_compute_dtype(logits))
+    logits = _as_compute_dtype(logits)
     if logits.shape[0] == 0 or (num_valid == 0 and reduction == "mean"):
         zero = logits.sum() * 0.0
         return zero.expand(logits.shape[0]) if reduction == "none" else zero
@@ -842,7 +849,7 @@ def auxiliary_unimodal_loss(
             # the spatial form over (M, C, B): contiguous, without a copy, when the input comes
             # from the fused path's batch-last layout; the same mean over (instance, head) pairs
             ce = F.cross_entropy(
-                unimodal_logits.to(_compute_dtype(unimodal_logits)).permute(1, 2, 0),
+                _as_compute_dtype(unimodal_logits).permute(1, 2, 0),
                 target.unsqueeze(0).expand(M, B),
                 weight=class_weight,
                 ignore_index=ignore_index,
