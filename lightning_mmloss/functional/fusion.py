@@ -15,7 +15,7 @@ autograd records, saves and replays each one. Writing the backward out lets it
 
 Choices were measured with ``benchmarks/loss_speed.py`` (see ``benchmarks/README.md``). Why a
 second, composite implementation (``backend="autograd"``) stays: the hand-written backward took
-0.53-0.92 of its time at every CPU size measured, but only the composite supports double
+0.5-0.75 of its time in every CPU configuration measured, but only the composite supports double
 backward and ``torch.func``, and it is the exact path for very small ``gamma`` and for the
 ablation without proxy normalisation (where the similarities are unbounded).
 
@@ -244,23 +244,20 @@ def _softmax_last(x: Tensor) -> Tensor:
     return e.div_(e.sum(dim=-1, keepdim=True))
 
 
-# The pooling softmax q is derived from the attention softmax A (q = A / sum over the pooling
-# axis) when no entry of A can underflow: T = S / gamma lies in [0, 1/gamma] for unit-norm
-# proxies, so every exp(T - max T) / sum >= exp(-1/gamma) / (C*K). Keep that a normal float.
+# The fused path computes E = exp(S / gamma) without subtracting a maximum: for unit-norm proxies
+# and instances S lies in [0, 1], so E lies in [1, e^{1/gamma}] and the sum of the C*K entries is
+# at most e^{1/gamma + log(C*K)}, kept below e^75 (float32 overflows at about e^88).
 _LOG_TINY_MARGIN = 75.0
 
 
-def _small_gamma(spec: FusionSpec) -> bool:
-    """``1/gamma`` so large that exp(-1/gamma) underflows: the hand-written backward loses precision.
-
-    Measured: at gamma=1e-6 its float32 gradients were 0.5-4% off a float64 reference (the
-    autograd composition: 1e-7), because rounding in differences of O(1) terms is scaled by
-    ``1/gamma``. Such runs take the composite path (``_fuse_composite``) whatever the backend.
-    """
-    return 1.0 / spec.gamma + math.log(spec.num_classes * spec.proxies_per_class) > _LOG_TINY_MARGIN
-
-
 def _pool_from_attention(spec: FusionSpec) -> bool:
+    """Whether the attention and pooling softmaxes can both be taken from ``E = exp(S/gamma)``.
+
+    True for unit-norm proxies and ``1/gamma + log(C*K) <= 75``. Beyond that (very small
+    ``gamma``) the composite path is also the precise one: at gamma=1e-6 a hand-written backward's
+    float32 gradients were 0.5-4% off a float64 reference (the autograd composition: 1e-7),
+    because rounding in differences of O(1) terms is scaled by ``1/gamma``.
+    """
     n = spec.num_classes * spec.proxies_per_class
     return spec.normalize_proxies and 1.0 / spec.gamma + math.log(n) <= _LOG_TINY_MARGIN
 
