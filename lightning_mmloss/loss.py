@@ -16,9 +16,9 @@ from lightning_mmloss.functional.fusion import (
     FusionSpec,
     UnimodalInput,
     _analytics,
-    _batch_last,
+    _aux_from_log_scores,
     _fuse_raw,
-    _uses_fused_path,
+    _log_scores_path,
     auxiliary_unimodal_loss,
     cross_entropy_from_fused,
     normalized_proxies,
@@ -215,9 +215,14 @@ class MultiModalLoss(nn.Module):
         return normalized_proxies(self.weight, self.spec.normalize_proxies)
 
     def _fuse(
-        self, u: Tensor, mask: Tensor | None, analytics: bool = False, calibrated: bool = False
+        self,
+        u: Tensor,
+        mask: Tensor | None,
+        analytics: bool = False,
+        calibrated: bool = False,
+        log_scores: bool = False,
     ) -> tuple[Any, ...]:
-        out = _fuse_raw(u, self.weight, mask, self.spec, analytics=analytics)
+        out = _fuse_raw(u, self.weight, mask, self.spec, analytics=analytics, log_scores=log_scores)
         return (self._calibrate(out[0]), *out[1:]) if calibrated else out
 
     def _calibrate(self, logits: Tensor) -> Tensor:
@@ -276,9 +281,18 @@ class MultiModalLoss(nn.Module):
         (``loss = fused + aux_weight * aux``), e.g. to log them separately.
         """
         u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
-        if (self.aux_weight or return_terms) and _uses_fused_path(self.spec):
-            u = _batch_last(u)  # one copy, shared by the fusion and the auxiliary term
-        return self._total(self._fuse(u, mask)[0], u, target, mask, num_valid, return_terms)
+        log_scores = self._aux_from_fusion(mask, num_valid, return_terms)
+        raw = self._fuse(u, mask, log_scores=log_scores)
+        return self._total(raw[0], u, target, mask, num_valid, return_terms, raw[5] if log_scores else None)
+
+    def _aux_from_fusion(self, mask: Tensor | None, num_valid: int | None, return_terms: bool = False) -> bool:
+        """Whether the auxiliary term comes from the fusion's log-scores (one pass; see ``_log_scores_path``)."""
+        return (
+            bool(self.aux_weight or return_terms)
+            and num_valid is not None
+            and num_valid > 0  # an all-ignored batch: the general path returns a connected zero
+            and _log_scores_path(self.spec, mask, self.label_smoothing, self.reduction)
+        )
 
     def _total(
         self,
@@ -288,10 +302,15 @@ class MultiModalLoss(nn.Module):
         mask: Tensor | None,
         num_valid: int | None,
         return_terms: bool = False,
+        log_scores: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
         fused = self._loss_from_logits(logits, target, num_valid=num_valid)
         if not (self.aux_weight or return_terms):
             return fused
+        if log_scores is not None:
+            aux = _aux_from_log_scores(log_scores, target, self.class_weight, self.ignore_index, self.reduction)
+            total = torch.add(fused, aux, alpha=self.aux_weight) if self.aux_weight else fused
+            return (total, fused, aux) if return_terms else total
         aux = auxiliary_unimodal_loss(
             u,
             target,
@@ -346,9 +365,10 @@ class MultiModalLoss(nn.Module):
     ) -> tuple[FusionOutput, Tensor]:
         """Analytics and loss from one fusion pass (validation/test steps): ``(fuse(...), loss)``."""
         u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
-        raw = self._fuse(u, mask, analytics=True)
-        out = _analytics(self._calibrate(raw[0]), *raw[1:], self.spec)
-        return out, self._total(raw[0], u, target, mask, num_valid)
+        log_scores = self._aux_from_fusion(mask, num_valid)
+        raw = self._fuse(u, mask, analytics=True, log_scores=log_scores)
+        out = _analytics(self._calibrate(raw[0]), *raw[1:5], self.spec)
+        return out, self._total(raw[0], u, target, mask, num_valid, log_scores=raw[5] if log_scores else None)
 
     def fused_logits(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> Tensor:
         """Fused logits ``(B, C)`` only: the cheap path for prediction."""

@@ -11,7 +11,9 @@ autograd records, saves and replays each one. Writing the backward out lets it
   ``(1, B)``/``(1, K, B)`` factors folded into the products;
 * fold ``1/gamma`` into the instance norms and ``1/|w|`` into the small factors of the proxy
   gradient, and reuse one ``(C*K, B)`` buffer across the backward pass;
-* take the fused (and auxiliary) cross-entropies in their "spatial" form along the batch axis.
+* take the fused cross-entropy in its "spatial" form along the batch axis, and the default
+  loss's auxiliary unimodal cross-entropy as the NLL of the fusion's own log-softmax (one pass:
+  the fused backward adds its gradient).
 
 Choices were measured with ``benchmarks/loss_speed.py`` (see ``benchmarks/README.md``). Why a
 second, composite implementation (``backend="autograd"``) stays: the hand-written backward took
@@ -322,13 +324,26 @@ class _FusionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, uT: Tensor, weight: Tensor, maskT: Tensor | None, spec: FusionSpec, analytics: bool
-    ) -> Tensor | tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        ctx: Any,
+        u: Tensor,
+        weight: Tensor,
+        mask: Tensor | None,
+        spec: FusionSpec,
+        analytics: bool,
+        log_scores: bool,
+    ) -> Tensor | tuple[Tensor, ...]:
+        uT = u.permute(1, 2, 0).contiguous()  # (M, C, B): the one copy of the input
+        maskT = None if mask is None else mask.t()
         M, C, B = uT.shape
         K, g = spec.proxies_per_class, spec.gamma
         # scores: softmax over the class axis, computed along the contiguous batch (4x faster on
         # CPU than over short rows); identity: a clone, so the returned scores never alias the input
-        p = uT.softmax(dim=1) if spec.activation == "softmax" else uT.clone()
+        logp = None
+        if log_scores:  # also the log-scores, for the auxiliary cross-entropy (softmax, no mask)
+            logp = uT.log_softmax(dim=1)
+            p = logp.exp()
+        else:
+            p = uT.softmax(dim=1) if spec.activation == "softmax" else uT.clone()
         if maskT is not None:
             # ``where`` rather than a product: absent modalities may hold NaN placeholders.
             p = torch.where(maskT[:, None, :], p, p.new_zeros(()))
@@ -358,24 +373,34 @@ class _FusionFunction(torch.autograd.Function):
             a = None
             h = p.sum(dim=0)
         o = torch.add(h, s, alpha=g)  # (C, B)
-        ctx.spec = spec
+        ctx.spec, ctx.log_scores = spec, log_scores
         ctx.save_for_backward(weight, maskT, p, zg, ig, P, inv_n, E, inv_es, inv_z, qT, a, s)
-        if not analytics:
+        if not (analytics or log_scores):
             return o.t()
-        # the analytics outputs get no gradient: do not let autograd allocate zeros for them
+        # outputs that get no gradient: do not let autograd allocate zeros for them
         ctx.set_materialize_grads(False)
-        A = E * inv_z
-        a_out = a if a is not None else T.new_empty(0)
-        ctx.mark_non_differentiable(T3, A, a_out, p)
-        return o.t(), T3, A, a_out, p
+        out: tuple[Tensor, ...] = (o.t(),)
+        if analytics:
+            A = E * inv_z
+            a_out = a if a is not None else T.new_empty(0)
+            ctx.mark_non_differentiable(T3, A, a_out, p)
+            out += (T3, A, a_out, p)
+        return (*out, logp) if logp is not None else out
 
     @staticmethod
     @once_differentiable
     def backward(  # type: ignore[override]
-        ctx: Any, grad_o: Tensor | None, *_: Any
-    ) -> tuple[Tensor | None, Tensor | None, None, None, None]:
+        ctx: Any, grad_o: Tensor | None, *rest: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None]:
+        # the log-scores' gradient comes last, after the analytics outputs' (always None)
+        grad_logp = rest[-1] if ctx.log_scores else None
         if grad_o is None:  # the fused logits did not reach the loss
-            return None, None, None, None, None
+            if grad_logp is None:
+                return None, None, None, None, None, None
+            (p,) = ctx.saved_tensors[2:3]
+            # log-softmax backward alone: g - p * sum_c g
+            grad_uT = grad_logp.addcmul(p, grad_logp.sum(dim=1, keepdim=True), value=-1)
+            return grad_uT.permute(2, 0, 1), None, None, None, None, None
         spec: FusionSpec = ctx.spec
         weight, maskT, p, zg, ig, P, inv_n, E, inv_es, inv_z, qT, a, s = ctx.saved_tensors
         with _no_autocast(grad_o.device.type):
@@ -419,12 +444,17 @@ class _FusionFunction(torch.autograd.Function):
                     dp = torch.where(maskT[:, None, :], dp, dp.new_zeros(()))
                 if spec.activation == "softmax":
                     pdp = p * dp
-                    grad_u = pdp.addcmul_(p, pdp.sum(dim=1, keepdim=True), value=-1)  # p * (dp - sum p dp)
+                    total = pdp.sum(dim=1, keepdim=True)
+                    if grad_logp is not None:  # log-softmax backward: g - p * sum_c g, shares the product
+                        total.add_(grad_logp.sum(dim=1, keepdim=True))
+                        pdp.add_(grad_logp)
+                    grad_u = pdp.addcmul_(p, total, value=-1)  # p * (dp - sum p dp) [+ g - p sum g]
                 else:
                     grad_u = dp
+                grad_u = grad_u.permute(2, 0, 1)  # back to the input's (B, M, C)
             if ctx.needs_input_grad[1]:
                 grad_w = _proxy_grad(dT2, E, da, zg, P, inv_n, weight)
-        return grad_u, grad_w, None, None, None
+        return grad_u, grad_w, None, None, None, None
 
 
 def _proxy_grad(
@@ -512,16 +542,13 @@ def _uses_fused_path(spec: FusionSpec) -> bool:
     return spec.backend == "fused" and _pool_from_attention(spec)
 
 
-def _batch_last(u: Tensor) -> Tensor:
-    """``u`` ``(B, M, C)`` as a view of a contiguous ``(M, C, B)`` tensor (the fused path's layout).
-
-    Copied once; the fused path and the auxiliary cross-entropy then read it without copies.
-    """
-    return u.permute(1, 2, 0).contiguous().permute(2, 0, 1)
-
-
 def _fuse_raw(
-    u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, analytics: bool = False
+    u: Tensor,
+    weight: Tensor,
+    mask: Tensor | None,
+    spec: FusionSpec,
+    analytics: bool = False,
+    log_scores: bool = False,
 ) -> tuple[Any, ...]:
     """Run the fusion in at least float32 with autocast disabled (inputs already validated).
 
@@ -529,6 +556,8 @@ def _fuse_raw(
     ``(B, M, C)``; from the fused path they are views of batch-last tensors (``o`` is the
     transpose of a contiguous ``(C, B)``: :func:`cross_entropy_from_fused` uses that). With
     ``analytics=False`` (the loss and prediction paths) only ``o`` is computed, the rest is ``None``.
+    With ``log_scores=True`` (fused path, softmax, no mask: see :func:`_log_scores_path`) a sixth
+    element: the differentiable log-softmax of the logits, batch-last ``(M, C, B)``.
     """
     dtype = _compute_dtype(u, weight)
     with _no_autocast(u.device.type):
@@ -538,14 +567,48 @@ def _fuse_raw(
         if not _uses_fused_path(spec):
             out = _fuse_composite(u, weight, mask, spec)
             return out if analytics else (out[0], None, None, None, None)
-        uT = u.permute(1, 2, 0).contiguous()  # no copy when ``u`` comes from _batch_last
-        maskT = None if mask is None else mask.t()
-        out = _FusionFunction.apply(uT, weight, maskT, spec, analytics)
-    if not analytics:
+        out = _FusionFunction.apply(u, weight, mask, spec, analytics, log_scores)
+    if not (analytics or log_scores):
         return out, None, None, None, None
-    o, T, A, a, p = out
+    if not analytics:
+        return out[0], None, None, None, None, out[1]
+    o, T, A, a, p = out[:5]
     B, C, K = o.shape[0], spec.num_classes, spec.proxies_per_class
-    return o, T.permute(2, 0, 1), A.t().view(B, C, K), a.t(), p.permute(2, 0, 1)
+    raw = (o, T.permute(2, 0, 1), A.t().view(B, C, K), a.t(), p.permute(2, 0, 1))
+    return (*raw, out[5]) if log_scores else raw
+
+
+def _log_scores_path(spec: FusionSpec, mask: Tensor | None, label_smoothing: float, reduction: str) -> bool:
+    """Whether the auxiliary cross-entropy can be the NLL of the fused path's log-scores.
+
+    Then the fusion's softmax and the auxiliary term's log-softmax are one computation, and
+    the fused backward adds the auxiliary gradient in the same pass: no second copy of the input,
+    no separate log-softmax. Needs every modality present (a mask averages over the present
+    heads per instance), softmax scores, no label smoothing and a mean or sum.
+    """
+    return (
+        _uses_fused_path(spec)
+        and spec.activation == "softmax"
+        and mask is None
+        and label_smoothing == 0
+        and reduction in ("mean", "sum")
+    )
+
+
+def _aux_from_log_scores(
+    log_scores: Tensor, target: Tensor, class_weight: Tensor | None, ignore_index: int, reduction: str
+) -> Tensor:
+    """:func:`auxiliary_unimodal_loss` from batch-last log-scores ``(M, C, B)`` (see :func:`_log_scores_path`).
+
+    The mean over (instance, head) pairs is the mean over instances of each instance's mean over
+    heads; class weights weigh each pair by its instance's target, as the module's term does.
+    """
+    M, _, B = log_scores.shape
+    w = None if class_weight is None else class_weight.to(device=log_scores.device, dtype=log_scores.dtype)
+    nll = F.nll_loss(
+        log_scores, target.unsqueeze(0).expand(M, B), weight=w, ignore_index=ignore_index, reduction=reduction
+    )
+    return nll if reduction == "mean" else nll / M
 
 
 def _analytics(o: Tensor, T: Tensor, A: Tensor, a: Tensor, p: Tensor, spec: FusionSpec) -> FusionOutput:

@@ -323,3 +323,25 @@ def test_public_outputs_are_contiguous_batch_first(backend: str) -> None:
     assert crit.fused_logits(u).is_contiguous()
     assert multimodal_logits(u, crit.weight, backend=backend).is_contiguous()
     torch.testing.assert_close(crit.fused_logits(u), out.logits)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_each_returned_term_has_its_own_gradient(backend: str) -> None:
+    # the fused path computes the auxiliary term from its own log-scores; the gradient of either
+    # term alone must be that term's (the other one's gradient arrives as None)
+    from lightning_mmloss.functional import auxiliary_unimodal_loss
+
+    crit = _make(3, 4, 2, aux_weight=0.5, backend=backend, class_weight=[1.0, 2.0, 0.5, 1.5])
+    u = _inputs(6, 3, 4)
+    y = torch.tensor([0, 1, 2, 3, 1, -100])
+    total, fused, aux = crit(u, y, return_terms=True)
+    g_aux = torch.autograd.grad(aux, u, retain_graph=True)[0]
+    g_fused = torch.autograd.grad(fused, u, retain_graph=True)[0]
+    g_total = torch.autograd.grad(total, u)[0]
+    ref_aux = auxiliary_unimodal_loss(u, y, class_weight=crit.class_weight)  # the general path
+    torch.testing.assert_close(aux, ref_aux)
+    torch.testing.assert_close(g_aux, torch.autograd.grad(ref_aux, u)[0])
+    logits = reference_fuse(u, crit.weight, 2)["logits"]
+    ref_fused = reference_total_loss(logits, u, y, 0.0, class_weight=crit.class_weight)
+    torch.testing.assert_close(g_fused, torch.autograd.grad(ref_fused, u)[0])
+    torch.testing.assert_close(g_total, g_fused + 0.5 * g_aux)
