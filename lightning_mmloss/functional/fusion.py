@@ -444,11 +444,10 @@ class _FusionFunction(torch.autograd.Function):
                     dp = torch.where(maskT[:, None, :], dp, dp.new_zeros(()))
                 if spec.activation == "softmax":
                     pdp = p * dp
-                    total = pdp.sum(dim=1, keepdim=True)
-                    if grad_logp is not None:  # log-softmax backward: g - p * sum_c g, shares the product
-                        total.add_(grad_logp.sum(dim=1, keepdim=True))
+                    if grad_logp is not None:  # log-softmax backward g - p * sum_c g, in the same sums
                         pdp.add_(grad_logp)
-                    grad_u = pdp.addcmul_(p, total, value=-1)  # p * (dp - sum p dp) [+ g - p sum g]
+                    # p * (dp - sum p dp) [+ g - p * sum g]
+                    grad_u = pdp.addcmul_(p, pdp.sum(dim=1, keepdim=True), value=-1)
                 else:
                     grad_u = dp
                 grad_u = grad_u.permute(2, 0, 1)  # back to the input's (B, M, C)
