@@ -281,17 +281,14 @@ class MultiModalLoss(nn.Module):
         (``loss = fused + aux_weight * aux``), e.g. to log them separately.
         """
         u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
-        log_scores = self._aux_from_fusion(mask, num_valid, return_terms)
+        log_scores = self._aux_from_fusion(mask, return_terms)
         raw = self._fuse(u, mask, log_scores=log_scores)
         return self._total(raw[0], u, target, mask, num_valid, return_terms, raw[5] if log_scores else None)
 
-    def _aux_from_fusion(self, mask: Tensor | None, num_valid: int | None, return_terms: bool = False) -> bool:
+    def _aux_from_fusion(self, mask: Tensor | None, return_terms: bool = False) -> bool:
         """Whether the auxiliary term comes from the fusion's log-scores (one pass; see ``_log_scores_path``)."""
-        return (
-            bool(self.aux_weight or return_terms)
-            and num_valid is not None
-            and num_valid > 0  # an all-ignored batch: the general path returns a connected zero
-            and _log_scores_path(self.spec, mask, self.label_smoothing, self.reduction)
+        return bool(self.aux_weight or return_terms) and _log_scores_path(
+            self.spec, mask, self.label_smoothing, self.reduction
         )
 
     def _total(
@@ -308,7 +305,9 @@ class MultiModalLoss(nn.Module):
         if not (self.aux_weight or return_terms):
             return fused
         if log_scores is not None:
-            aux = _aux_from_log_scores(log_scores, target, self.class_weight, self.ignore_index, self.reduction)
+            aux = _aux_from_log_scores(
+                log_scores, target, self.class_weight, self.ignore_index, self.reduction, num_valid
+            )
             total = torch.add(fused, aux, alpha=self.aux_weight) if self.aux_weight else fused
             return (total, fused, aux) if return_terms else total
         aux = auxiliary_unimodal_loss(
@@ -365,7 +364,7 @@ class MultiModalLoss(nn.Module):
     ) -> tuple[FusionOutput, Tensor]:
         """Analytics and loss from one fusion pass (validation/test steps): ``(fuse(...), loss)``."""
         u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
-        log_scores = self._aux_from_fusion(mask, num_valid)
+        log_scores = self._aux_from_fusion(mask)
         raw = self._fuse(u, mask, analytics=True, log_scores=log_scores)
         out = _analytics(self._calibrate(raw[0]), *raw[1:5], self.spec)
         return out, self._total(raw[0], u, target, mask, num_valid, log_scores=raw[5] if log_scores else None)

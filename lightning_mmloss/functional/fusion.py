@@ -595,19 +595,35 @@ def _log_scores_path(spec: FusionSpec, mask: Tensor | None, label_smoothing: flo
 
 
 def _aux_from_log_scores(
-    log_scores: Tensor, target: Tensor, class_weight: Tensor | None, ignore_index: int, reduction: str
+    log_scores: Tensor,
+    target: Tensor,
+    class_weight: Tensor | None,
+    ignore_index: int,
+    reduction: str,
+    num_valid: int | None = None,
 ) -> Tensor:
     """:func:`auxiliary_unimodal_loss` from batch-last log-scores ``(M, C, B)`` (see :func:`_log_scores_path`).
 
     The mean over (instance, head) pairs is the mean over instances of each instance's mean over
     heads; class weights weigh each pair by its instance's target, as the module's term does.
+    Without a known positive ``num_valid`` (checks off, or every target ignored) the mean is a sum
+    over the weights' sum floored at the smallest float, as the general path computes it: a
+    batch of ignored targets gives a connected zero, and no value is read back.
     """
     M, _, B = log_scores.shape
     w = None if class_weight is None else class_weight.to(device=log_scores.device, dtype=log_scores.dtype)
-    nll = F.nll_loss(
-        log_scores, target.unsqueeze(0).expand(M, B), weight=w, ignore_index=ignore_index, reduction=reduction
-    )
-    return nll if reduction == "mean" else nll / M
+    expanded = target.unsqueeze(0).expand(M, B)
+    if reduction == "mean" and num_valid is not None and num_valid > 0:
+        return F.nll_loss(log_scores, expanded, weight=w, ignore_index=ignore_index)
+    total = F.nll_loss(log_scores, expanded, weight=w, ignore_index=ignore_index, reduction="sum") / M
+    if reduction == "sum":
+        return total
+    valid = target != ignore_index
+    if w is None:
+        den = valid.sum().to(total.dtype)
+    else:
+        den = (w[torch.where(valid, target, torch.zeros_like(target))] * valid).sum()
+    return total / den.clamp_min(torch.finfo(total.dtype).tiny)
 
 
 def _analytics(o: Tensor, T: Tensor, A: Tensor, a: Tensor, p: Tensor, spec: FusionSpec) -> FusionOutput:

@@ -345,3 +345,26 @@ def test_each_returned_term_has_its_own_gradient(backend: str) -> None:
     ref_fused = reference_total_loss(logits, u, y, 0.0, class_weight=crit.class_weight)
     torch.testing.assert_close(g_fused, torch.autograd.grad(ref_fused, u)[0])
     torch.testing.assert_close(g_total, g_fused + 0.5 * g_aux)
+
+
+@pytest.mark.parametrize("validate", [True, False])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("weighted", [True, False])
+def test_auxiliary_term_without_checks_and_with_every_target_ignored(
+    validate: bool, reduction: str, weighted: bool
+) -> None:
+    # with checks off the fusion's auxiliary term cannot know how many targets count: it must
+    # still equal the general path, and a batch of ignored targets must give a connected zero
+    from lightning_mmloss.functional import auxiliary_unimodal_loss
+
+    cw = [1.0, 2.0, 0.5, 1.5] if weighted else None
+    crit = _make(3, 4, 2, aux_weight=0.5, reduction=reduction, class_weight=cw, validate_args=validate)
+    u = _inputs(6, 3, 4)
+    for y in (torch.tensor([0, 1, -100, 3, 1, -100]), torch.full((6,), -100)):
+        _, _, aux = crit(u, y, return_terms=True)
+        ref = auxiliary_unimodal_loss(u, y, class_weight=crit.class_weight, reduction=reduction)
+        torch.testing.assert_close(aux, ref)
+        (g,) = torch.autograd.grad(aux, u)
+        torch.testing.assert_close(g, torch.autograd.grad(ref, u)[0])
+        if bool((y == -100).all()):
+            assert float(aux.detach()) == 0.0 and aux.requires_grad
