@@ -308,19 +308,18 @@ class MultiModalLoss(nn.Module):
             aux = _aux_from_log_scores(
                 log_scores, target, self.class_weight, self.ignore_index, self.reduction, num_valid
             )
-            total = torch.add(fused, aux, alpha=self.aux_weight) if self.aux_weight else fused
-            return (total, fused, aux) if return_terms else total
-        aux = auxiliary_unimodal_loss(
-            u,
-            target,
-            modality_mask=mask,
-            activation=self.spec.activation,
-            class_weight=self.class_weight,
-            label_smoothing=self.label_smoothing,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            num_valid=num_valid,
-        )
+        else:
+            aux = auxiliary_unimodal_loss(
+                u,
+                target,
+                modality_mask=mask,
+                activation=self.spec.activation,
+                class_weight=self.class_weight,
+                label_smoothing=self.label_smoothing,
+                ignore_index=self.ignore_index,
+                reduction=self.reduction,
+                num_valid=num_valid,
+            )
         total = torch.add(fused, aux, alpha=self.aux_weight) if self.aux_weight else fused
         return (total, fused, aux) if return_terms else total
 
