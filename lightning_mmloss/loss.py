@@ -17,10 +17,11 @@ from lightning_mmloss.functional.fusion import (
     UnimodalInput,
     _analytics,
     _aux_from_log_scores,
+    _batch_first,
     _fuse_raw,
+    _fused_cross_entropy,
     _log_scores_path,
     auxiliary_unimodal_loss,
-    cross_entropy_from_fused,
     normalized_proxies,
 )
 from lightning_mmloss.functional.shapley import _shapley
@@ -221,8 +222,11 @@ class MultiModalLoss(nn.Module):
         analytics: bool = False,
         calibrated: bool = False,
         log_scores: bool = False,
+        batch_last: bool = False,
     ) -> tuple[Any, ...]:
-        out = _fuse_raw(u, self.weight, mask, self.spec, analytics=analytics, log_scores=log_scores)
+        out = _fuse_raw(
+            u, self.weight, mask, self.spec, analytics=analytics, log_scores=log_scores, batch_last=batch_last
+        )
         return (self._calibrate(out[0]), *out[1:]) if calibrated else out
 
     def _calibrate(self, logits: Tensor) -> Tensor:
@@ -282,7 +286,7 @@ class MultiModalLoss(nn.Module):
         """
         u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
         log_scores = self._aux_from_fusion(mask, return_terms)
-        raw = self._fuse(u, mask, log_scores=log_scores)
+        raw = self._fuse(u, mask, log_scores=log_scores, batch_last=True)
         return self._total(raw[0], u, target, mask, num_valid, return_terms, raw[5] if log_scores else None)
 
     def _aux_from_fusion(self, mask: Tensor | None, return_terms: bool = False) -> bool:
@@ -344,14 +348,8 @@ class MultiModalLoss(nn.Module):
 
     def _loss_from_logits(self, logits: Tensor, target: Tensor, num_valid: int | None = None) -> Tensor:
         """Cross-entropy of already fused logits (e.g. ``fuse(...).logits``) with this loss's options."""
-        return cross_entropy_from_fused(
-            logits,
-            target,
-            class_weight=self.class_weight,
-            label_smoothing=self.label_smoothing,
-            ignore_index=self.ignore_index,
-            reduction=self.reduction,
-            num_valid=num_valid,
+        return _fused_cross_entropy(
+            logits, target, self.class_weight, self.label_smoothing, self.ignore_index, self.reduction, num_valid
         )
 
     def stack_logits(self, unimodal_logits: UnimodalInput) -> Tensor:
@@ -364,8 +362,9 @@ class MultiModalLoss(nn.Module):
         """Analytics and loss from one fusion pass (validation/test steps): ``(fuse(...), loss)``."""
         u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
         log_scores = self._aux_from_fusion(mask)
-        raw = self._fuse(u, mask, analytics=True, log_scores=log_scores)
-        out = _analytics(self._calibrate(raw[0]), *raw[1:5], self.spec)
+        raw = self._fuse(u, mask, analytics=True, log_scores=log_scores, batch_last=True)
+        logits = raw[0] if raw[0].dim() == 2 else _batch_first(raw[0])  # (S, C, b) chunks from the fused path
+        out = _analytics(self._calibrate(logits), *raw[1:5], self.spec)
         return out, self._total(raw[0], u, target, mask, num_valid, log_scores=raw[5] if log_scores else None)
 
     def fused_logits(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> Tensor:

@@ -287,25 +287,62 @@ def normalized_proxies(weight: Tensor, normalize: bool = True) -> Tensor:
 
 
 def _inv_col_norm(x: Tensor) -> Tensor:
-    """``1 / |column|`` of ``(D, B)`` where the norm exceeds ``_EPS``, else ``0``, as ``(B,)`` (no autograd).
+    """``1 / |column|`` of ``(S, D, b)`` where the norm exceeds ``_EPS``, else ``0``, as ``(S, b)`` (no autograd).
 
-    A sum of squares over the leading axis: vectorised along the batch, unlike
-    ``linalg.vector_norm(dim=0)`` (measured 17x slower on CPU for ``(30, 1024)``). Rows (the
-    proxies, :func:`_inv_norm_nograd`) keep ``vector_norm``: ``vecdot(dim=1)`` was 14x slower at
-    ``(10000, 3000)``.
+    A sum of squares over the feature axis: vectorised along the batch, unlike
+    ``linalg.vector_norm`` over a non-last axis (measured 17x slower on CPU for ``(30, 1024)``).
+    Rows (the proxies, :func:`_inv_norm_nograd`) keep ``vector_norm``: ``vecdot(dim=1)`` was 14x
+    slower at ``(10000, 3000)``.
     """
-    sq = torch.linalg.vecdot(x, x, dim=0)
+    sq = torch.linalg.vecdot(x, x, dim=1)
     return sq.rsqrt().masked_fill_(sq <= _EPS * _EPS, 0.0)
+
+
+# Batch chunks on CPU. MKL runs a product with a (C*K, B) row-major output on one thread when
+# C*K is small: at 2 threads (200, 30) x (30, 1024) took 145 us, 140 us on one thread (with
+# C*K = 800 two threads were 1.9x faster). torch.bmm over S contiguous (C*K, B/S) chunks gives
+# each thread a chunk: 73 us. So the fused path runs in S = 2 chunks there; below
+# _CHUNK_MIN_WORK = B*C*K (the elementwise ops' own parallel grain) the batch is too small to gain.
+_CHUNK_MAX_CK = 512
+_CHUNK_MIN_WORK = 32768
+
+
+def _batch_chunks(batch: int, spec: FusionSpec, device: torch.device) -> int:
+    """How many contiguous chunks ``S`` the fused path splits the batch into (1: no split).
+
+    Two on a multi-threaded CPU for an even batch with ``C*K < 512`` (where MKL does not thread
+    the ``(C*K, B)`` products) and ``B*C*K >= 32768``; one elsewhere: GPUs, large ``C*K`` (MKL
+    threads those itself), small problems (nothing to gain), odd batches, and under ``torch.compile``.
+    """
+    ck = spec.num_classes * spec.proxies_per_class
+    if (
+        device.type != "cpu"
+        or batch % 2
+        or ck >= _CHUNK_MAX_CK
+        or batch * ck < _CHUNK_MIN_WORK
+        or torch.compiler.is_compiling()  # the compiler plans its own kernels (and cannot trace the next call)
+        or torch.get_num_threads() < 2
+    ):
+        return 1
+    return 2
+
+
+def _batch_first(x: Tensor) -> Tensor:
+    """``(S, *dims, b)`` batch-last chunks as ``(S*b, *dims)``: a view for one chunk, else a copy."""
+    S, b = x.shape[0], x.shape[-1]
+    return x.movedim(-1, 1).reshape(S * b, *x.shape[1:-1])
 
 
 class _FusionFunction(torch.autograd.Function):
     """Fused logits with a hand-written backward pass, in a batch-last layout.
 
-    Takes the unimodal logits as ``(M, C, B)`` (batch last, contiguous) and returns the fused
-    logits as a ``(B, C)`` *view* of a contiguous ``(C, B)`` tensor. With ``analytics=True`` it
-    also returns, marked non-differentiable and batch-last, the scaled similarity
-    ``T = S / gamma`` ``(C, K, B)``, the attention ``A`` ``(C*K, B)``, the attended proxy
-    ``a`` ``(M*C, B)`` (empty when attention is off) and the masked scores ``p`` ``(M, C, B)``.
+    Takes the unimodal logits ``(B, M, C)`` and a chunk count ``S`` dividing ``B`` (1 except on
+    CPU, see :func:`_batch_chunks`), computes in ``(S, ..., b)`` tensors with ``b = B / S``, and
+    returns the fused logits as a contiguous ``(S, C, b)`` tensor (``_batch_first`` makes it
+    ``(B, C)``). With ``analytics=True`` it also returns, marked non-differentiable and
+    batch-last, the scaled similarity ``T = S / gamma`` ``(S, C, K, b)``, the attention ``A``
+    ``(S, C*K, b)``, the attended proxy ``a`` ``(S, M*C, b)`` (empty when attention is off) and
+    the masked scores ``p`` ``(S, M, C, b)``.
 
     Why batch last: every elementwise op, reduction and broadcast of the formulation then runs
     along the long, contiguous batch axis. In the natural ``(B, C, K)`` layout the innermost
@@ -316,8 +353,8 @@ class _FusionFunction(torch.autograd.Function):
     (and instances), so ``T`` lies in ``[0, 1/gamma]`` and ``E = exp(T)`` in ``[1, e^{1/gamma}]``;
     ``_pool_from_attention`` guarantees that ``C*K`` of them cannot overflow. The attention is
     ``A = E / Z`` and the pooling softmax ``q = E / E_pool`` (``E_pool`` its sum over the pooling
-    axis), so neither is materialised: the ``1/Z`` and ``1/E_pool`` factors are ``(1, B)`` and
-    ``(1, K, B)`` (or ``(C, 1, B)``) tensors folded into the products and the backward.
+    axis), so neither is materialised: the ``1/Z`` and ``1/E_pool`` factors are ``(S, 1, b)`` and
+    ``(S, 1, K, b)`` (or ``(S, C, 1, b)``) tensors folded into the products and the backward.
 
     Normalisation (of ``z`` and of the proxies) is differentiated as ``x / |x|`` wherever the
     norm exceeds ``1e-12``; vectors with smaller norms (absent modalities, fully clamped
@@ -333,147 +370,154 @@ class _FusionFunction(torch.autograd.Function):
         spec: FusionSpec,
         analytics: bool,
         log_scores: bool,
+        chunks: int,
     ) -> Tensor | tuple[Tensor, ...]:
-        uT = u.permute(1, 2, 0).contiguous()  # (M, C, B): the one copy of the input
-        maskT = None if mask is None else mask.t()
-        M, C, B = uT.shape
+        B, M, C = u.shape
+        S, b = chunks, B // chunks
+        uT = u.view(S, b, M, C).permute(0, 2, 3, 1).contiguous()  # (S, M, C, b): the one copy of the input
+        maskT = None if mask is None else mask.view(S, b, M).transpose(1, 2)  # (S, M, b)
         K, g = spec.proxies_per_class, spec.gamma
         # scores: softmax over the class axis, computed along the contiguous batch (4x faster on
         # CPU than over short rows); identity: a clone, so the returned scores never alias the input
         logp = None
         if log_scores:  # also the log-scores, for the auxiliary cross-entropy (softmax, no mask)
-            logp = uT.log_softmax(dim=1)
+            logp = uT.log_softmax(dim=2)
             p = logp.exp()
         else:
-            p = uT.softmax(dim=1) if spec.activation == "softmax" else uT.clone()
+            p = uT.softmax(dim=2) if spec.activation == "softmax" else uT.clone()
         if maskT is not None:
             # ``where`` rather than a product: absent modalities may hold NaN placeholders.
-            p = torch.where(maskT[:, None, :], p, p.new_zeros(()))
-        z = p.view(M * C, B)
-        # zg = z / (gamma |z|): T = P @ zg directly, 1/gamma folded into a (1, B) factor. Softmax
+            p = torch.where(maskT[:, :, None, :], p, p.new_zeros(()))
+        z = p.view(S, M * C, b)
+        # zg = z / (gamma |z|): T = P @ zg directly, 1/gamma folded into a (S, 1, b) factor. Softmax
         # scores of all-present modalities sum to 1 per block (|z| >= 1/sqrt(C)): no zero guard
         if maskT is None and spec.activation == "softmax":
-            ig = torch.linalg.vecdot(z, z, dim=0).mul_(g * g).rsqrt_()
+            ig = torch.linalg.vecdot(z, z, dim=1).mul_(g * g).rsqrt_()
         else:
             ig = _inv_col_norm(z).mul_(1.0 / g)
+        ig = ig.unsqueeze(1)
         zg = z * ig
         P, inv_n = _proxies(weight, True)
-        T = torch.mm(P, zg)  # (C*K, B), in [0, 1/gamma]
+        # batched products over the chunks share the proxies (as fast as mm for one chunk)
+        Ps = P.expand(S, -1, -1)
+        T = torch.bmm(Ps, zg)  # (S, C*K, b), in [0, 1/gamma]
         E = T.exp()  # unnormalised attention, >= 1
-        E3, T3 = E.view(C, K, B), T.view(C, K, B)
-        pool = 0 if spec.pooling == "reference" else 1  # axis of the pooling softmax in (C, K, B)
-        Es = E3.sum(dim=pool, keepdim=True)  # (1, K, B) or (C, 1, B)
-        inv_z = Es.sum(dim=1 - pool, keepdim=True).reciprocal_().view(1, B)  # 1 / sum of all E
+        E4, T4 = E.view(S, C, K, b), T.view(S, C, K, b)
+        pool = 1 if spec.pooling == "reference" else 2  # axis of the pooling softmax in (S, C, K, b)
+        Es = E4.sum(dim=pool, keepdim=True)  # (S, 1, K, b) or (S, C, 1, b)
+        inv_z = Es.sum(dim=3 - pool, keepdim=True).reciprocal_().view(S, 1, b)  # 1 / sum of all E
         inv_es = Es.reciprocal_()
         # q * T with q = E * inv_es; without analytics T is not needed afterwards: overwrite it
-        qT = (T3 * E3 if analytics else T3.mul_(E3)).mul_(inv_es)
-        s = qT.sum(dim=1)  # (C, B): sum_k q T, i.e. s / gamma
+        qT = (T4 * E4 if analytics else T4.mul_(E4)).mul_(inv_es)
+        s = qT.sum(dim=2)  # (S, C, b): sum_k q T, i.e. s / gamma
         if spec.attention:
-            a = torch.mm(P.t(), E).mul_(inv_z)  # (M*C, B), attended proxy A @ P
-            h = torch.addcmul(z, a, z).view(M, C, B).sum(dim=0)  # sum_m (1 + a_m) * p_m
+            a = torch.bmm(Ps.mT, E).mul_(inv_z)  # (S, M*C, b), attended proxy A @ P
+            h = torch.addcmul(z, a, z).view(S, M, C, b).sum(dim=1)  # sum_m (1 + a_m) * p_m
         else:
             a = None
-            h = p.sum(dim=0)
-        o = torch.add(h, s, alpha=g)  # (C, B)
+            h = p.sum(dim=1)
+        o = torch.add(h, s, alpha=g)  # (S, C, b)
         ctx.spec, ctx.log_scores = spec, log_scores
         ctx.save_for_backward(weight, maskT, p, zg, ig, P, inv_n, E, inv_es, inv_z, qT, a, s)
         if not (analytics or log_scores):
-            return o.t()
+            return o
         # outputs that get no gradient: do not let autograd allocate zeros for them
         ctx.set_materialize_grads(False)
-        out: tuple[Tensor, ...] = (o.t(),)
+        out: tuple[Tensor, ...] = (o,)
         if analytics:
             A = E * inv_z
-            a_out = a if a is not None else T.new_empty(0)
-            ctx.mark_non_differentiable(T3, A, a_out, p)
-            out += (T3, A, a_out, p)
+            a_out = a if a is not None else T.new_empty((S, 0, b))
+            ctx.mark_non_differentiable(T4, A, a_out, p)
+            out += (T4, A, a_out, p)
         return (*out, logp) if logp is not None else out
 
     @staticmethod
     @once_differentiable
     def backward(  # type: ignore[override]
         ctx: Any, grad_o: Tensor | None, *rest: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None]:
+    ) -> tuple[Tensor | None, Tensor | None, None, None, None, None, None]:
         # the log-scores' gradient comes last, after the analytics outputs' (always None)
         grad_logp = rest[-1] if ctx.log_scores else None
         if grad_o is None:  # the fused logits did not reach the loss
             if grad_logp is None:
-                return None, None, None, None, None, None
+                return None, None, None, None, None, None, None
             (p,) = ctx.saved_tensors[2:3]
             # log-softmax backward alone: g - p * sum_c g
-            grad_uT = grad_logp.addcmul(p, grad_logp.sum(dim=1, keepdim=True), value=-1)
-            return grad_uT.permute(2, 0, 1), None, None, None, None, None
+            grad_uT = grad_logp.addcmul(p, grad_logp.sum(dim=2, keepdim=True), value=-1)
+            return _batch_first(grad_uT), None, None, None, None, None, None
         spec: FusionSpec = ctx.spec
         weight, maskT, p, zg, ig, P, inv_n, E, inv_es, inv_z, qT, a, s = ctx.saved_tensors
         with _no_autocast(grad_o.device.type):
-            M, C, B = p.shape
+            S, M, C, b = p.shape
             K, g = spec.proxies_per_class, spec.gamma
-            # (C, B); already contiguous when the loss took the cross-entropy of the (B, C) view
-            G = grad_o.t()
-            G = (G if G.dtype == p.dtype else G.to(p.dtype)).contiguous()
-            Gb = G.view(C, 1, B)
+            # (S, C, b); already contiguous when the loss took the cross-entropy of this layout
+            G = (grad_o if grad_o.dtype == p.dtype else grad_o.to(p.dtype)).contiguous()
+            Gb = G.view(S, C, 1, b)
+            Ps = P.expand(S, -1, -1)
             # --- s = gamma * sum_k q * T, q = E / E_pool ---------------------------------------
             # d(gamma s)/dT = gamma * q * [G (1 + T) - colsum], colsum = sum_pool(q * T * G)
             if spec.pooling == "reference":
-                buf = torch.mul(qT, Gb)  # becomes the (C*K, B) buffer of dT below
-                colsum = buf.sum(dim=0, keepdim=True)  # (1, K, B)
+                buf = torch.mul(qT, Gb)  # becomes the (S, C*K, b) buffer of dT below
+                colsum = buf.sum(dim=1, keepdim=True)  # (S, 1, K, b)
             else:
                 buf = None
-                colsum = (G * s).view(C, 1, B)  # the saved s is sum_k q T
+                colsum = (G * s).view(S, C, 1, b)  # the saved s is sum_k q T
             # --- h = sum_m (1 + a_m) p_m, a = A @ P, A = E / Z ------------------------------------
             if spec.attention:
-                dz = torch.addcmul(G, G, a.view(M, C, B)).view(M * C, B)
-                da = (p * (G * inv_z)).view(M * C, B)  # dL/da, times 1/Z (so that A = E below)
-                dA = torch.mm(P, da, out=buf.view(C * K, B)) if buf is not None else torch.mm(P, da)
+                G1 = G.view(S, 1, C, b)
+                dz = torch.addcmul(G1, G1, a.view(S, M, C, b)).view(S, M * C, b)
+                da = (p * (G * inv_z).view(S, 1, C, b)).view(S, M * C, b)  # dL/da, times 1/Z (so that A = E below)
+                dA = torch.bmm(Ps, da, out=None if buf is None else buf.view(S, C * K, b))
                 # softmax backward: A * (dA - sum_j A_j dA_j), and sum_j A_j dA_j = da . a
-                rowdot = torch.linalg.vecdot(da, a, dim=0)  # (B,)
-                dT = dA.view(C, K, B).sub_(torch.addcmul(rowdot, colsum, inv_es, value=g))
+                rowdot = torch.linalg.vecdot(da, a, dim=1).view(S, 1, 1, b)
+                dT = dA.view(S, C, K, b).sub_(torch.addcmul(rowdot, colsum, inv_es, value=g))
             else:
-                dz = G.expand(M, C, B).reshape(M * C, B)
+                dz = G.view(S, 1, C, b).expand(S, M, C, b).reshape(S, M * C, b)
                 da = None
-                dT = torch.mul(colsum, inv_es).mul_(-g).expand(C, K, B).contiguous()
+                dT = torch.mul(colsum, inv_es).mul_(-g).expand(S, C, K, b).contiguous()
             # E * [dA/Z - rowdot/Z + gamma (G - colsum) / E_pool] + gamma q T G
-            dT.addcmul_(inv_es, Gb, value=g).mul_(E.view(C, K, B)).addcmul_(qT, Gb, value=g)
-            dT2 = dT.view(C * K, B)
+            dT.addcmul_(inv_es, Gb, value=g).mul_(E.view(S, C, K, b)).addcmul_(qT, Gb, value=g)
+            dT2 = dT.view(S, C * K, b)
             grad_u = grad_w = None
             if ctx.needs_input_grad[0]:
                 # --- T = P @ zg, zg = z / (gamma |z|) ------------------------------------------
-                Y = torch.mm(P.t(), dT2)  # dL/dzg, (M*C, B)
-                radial = torch.linalg.vecdot(zg, Y, dim=0)  # (B,): project out the radial part
+                Y = torch.bmm(Ps.mT, dT2)  # dL/dzg, (S, M*C, b)
+                radial = torch.linalg.vecdot(zg, Y, dim=1).unsqueeze(1)  # project out the radial part
                 dz.addcmul_(Y.addcmul_(zg, radial, value=-g * g), ig)
-                dp = dz.view(M, C, B)
+                dp = dz.view(S, M, C, b)
                 if maskT is not None:
-                    dp = torch.where(maskT[:, None, :], dp, dp.new_zeros(()))
+                    dp = torch.where(maskT[:, :, None, :], dp, dp.new_zeros(()))
                 if spec.activation == "softmax":
                     pdp = p * dp
                     if grad_logp is not None:  # log-softmax backward g - p * sum_c g, in the same sums
                         pdp.add_(grad_logp)
                     # p * (dp - sum p dp) [+ g - p * sum g]
-                    grad_u = pdp.addcmul_(p, pdp.sum(dim=1, keepdim=True), value=-1)
+                    grad_u = pdp.addcmul_(p, pdp.sum(dim=2, keepdim=True), value=-1)
                 else:
                     grad_u = dp
-                grad_u = grad_u.permute(2, 0, 1)  # back to the input's (B, M, C)
+                grad_u = grad_u.permute(0, 3, 1, 2).reshape(S * b, M, C)  # the input's (B, M, C) (a view for S=1)
             if ctx.needs_input_grad[1]:
                 grad_w = _proxy_grad(dT2, E, da, zg, P, inv_n, weight)
-        return grad_u, grad_w, None, None, None, None
+        return grad_u, grad_w, None, None, None, None, None
 
 
 def _proxy_grad(
     dT: Tensor, E: Tensor, da: Tensor | None, zg: Tensor, P: Tensor, inv_n: Tensor, weight: Tensor
 ) -> Tensor:
-    """Gradient w.r.t. the proxy parameter from ``dT`` and ``E`` ``(C*K, B)``, ``da`` and ``zg`` ``(M*C, B)``.
+    """Gradient w.r.t. the proxy parameter from ``dT`` and ``E`` ``(S, C*K, b)``, ``da`` and ``zg`` ``(S, M*C, b)``.
 
     ``P = wc / |wc|`` with ``wc = clamp(w, 0)``. The ``1/|wc|`` row scale goes on whichever
     side of the products is smaller: the ``(C*K, B)`` factors or the ``(C*K, M*C)`` result.
     ``dT`` is the caller's scratch buffer and may be scaled in place.
     """
-    D, B = zg.shape
-    scale_factors = B < D
+    S, D, b = zg.shape
+    scale_factors = S * b < D
     if scale_factors:
         dT, E = dT.mul_(inv_n), E * inv_n
-    dP = torch.mm(dT, zg.t())
+    dP = torch.bmm(dT, zg.mT)  # (S, C*K, M*C): per chunk, summed below
     if da is not None:
-        dP.addmm_(E, da.t())
+        dP.baddbmm_(E, da.mT)
+    dP = dP.sum(dim=0) if S > 1 else dP.view(dP.shape[1:])
     if not scale_factors:
         dP.mul_(inv_n)
     dP.addcmul_(P, torch.linalg.vecdot(P, dP).unsqueeze(1), value=-1)  # project out the radial part
@@ -550,15 +594,18 @@ def _fuse_raw(
     spec: FusionSpec,
     analytics: bool = False,
     log_scores: bool = False,
+    batch_last: bool = False,
 ) -> tuple[Any, ...]:
     """Run the fusion in at least float32 with autocast disabled (inputs already validated).
 
     Returns ``(o, T, A, a, p)`` shaped ``(B, C)``, ``(B, C, K)``, ``(B, C, K)``, ``(B, M*C)``,
-    ``(B, M, C)``; from the fused path they are views of batch-last tensors (``o`` is the
-    transpose of a contiguous ``(C, B)``: :func:`cross_entropy_from_fused` uses that). With
-    ``analytics=False`` (the loss and prediction paths) only ``o`` is computed, the rest is ``None``.
-    With ``log_scores=True`` (fused path, softmax, no mask: see :func:`_log_scores_path`) a sixth
-    element: the differentiable log-softmax of the logits, batch-last ``(M, C, B)``.
+    ``(B, M, C)``; from the fused path they are views of its batch-last tensors when it ran in
+    one chunk (see :func:`_batch_chunks`), copies otherwise. With ``batch_last=True`` (the loss
+    paths) ``o`` from the fused path stays in its ``(S, C, b)`` layout, which
+    :func:`_fused_cross_entropy` takes as is. With ``analytics=False`` (the loss and prediction
+    paths) only ``o`` is computed, the rest is ``None``. With ``log_scores=True`` (fused path,
+    softmax, no mask: see :func:`_log_scores_path`) a sixth element: the differentiable
+    log-softmax of the logits, batch-last ``(S, M, C, b)``.
     """
     dtype = _compute_dtype(u, weight)
     with _no_autocast(u.device.type):
@@ -568,14 +615,15 @@ def _fuse_raw(
         if not _uses_fused_path(spec):
             out = _fuse_composite(u, weight, mask, spec)
             return out if analytics else (out[0], None, None, None, None)
-        out = _FusionFunction.apply(u, weight, mask, spec, analytics, log_scores)
+        chunks = _batch_chunks(u.shape[0], spec, u.device)
+        out = _FusionFunction.apply(u, weight, mask, spec, analytics, log_scores, chunks)
     if not (analytics or log_scores):
-        return out, None, None, None, None
+        out = (out,)
+    o = out[0] if batch_last else _batch_first(out[0])
     if not analytics:
-        return out[0], None, None, None, None, out[1]
-    o, T, A, a, p = out[:5]
-    B, C, K = o.shape[0], spec.num_classes, spec.proxies_per_class
-    raw = (o, T.permute(2, 0, 1), A.t().view(B, C, K), a.t(), p.permute(2, 0, 1))
+        return (o, None, None, None, None, *out[1:])  # and the log-scores, if asked for
+    T, A, a, p = (_batch_first(t) for t in out[1:5])
+    raw = (o, T, A.view(*T.shape), a, p)
     return (*raw, out[5]) if log_scores else raw
 
 
@@ -604,7 +652,7 @@ def _aux_from_log_scores(
     reduction: str,
     num_valid: int | None = None,
 ) -> Tensor:
-    """:func:`auxiliary_unimodal_loss` from batch-last log-scores ``(M, C, B)`` (see :func:`_log_scores_path`).
+    """:func:`auxiliary_unimodal_loss` from batch-last log-scores ``(S, M, C, b)`` (see :func:`_log_scores_path`).
 
     The mean over (instance, head) pairs is the mean over instances of each instance's mean over
     heads; class weights weigh each pair by its instance's target, as the module's term does.
@@ -612,12 +660,13 @@ def _aux_from_log_scores(
     over the weights' sum floored at the smallest float, as the general path computes it: a
     batch of ignored targets gives a connected zero, and no value is read back.
     """
-    M, _, B = log_scores.shape
+    S, M, C, b = log_scores.shape
     w = None if class_weight is None else class_weight.to(device=log_scores.device, dtype=log_scores.dtype)
-    expanded = target.unsqueeze(0).expand(M, B)
+    # every head's log-scores against its instance's target: (S*M, C, b) and (S*M, b)
+    x, expanded = log_scores.view(S * M, C, b), target.view(S, 1, b).expand(S, M, b).reshape(S * M, b)
     if reduction == "mean" and num_valid is not None and num_valid > 0:
-        return F.nll_loss(log_scores, expanded, weight=w, ignore_index=ignore_index)
-    total = F.nll_loss(log_scores, expanded, weight=w, ignore_index=ignore_index, reduction="sum") / M
+        return F.nll_loss(x, expanded, weight=w, ignore_index=ignore_index)
+    total = F.nll_loss(x, expanded, weight=w, ignore_index=ignore_index, reduction="sum") / M
     if reduction == "sum":
         return total
     den = _target_weights(target, class_weight, ignore_index, total.dtype).sum()
@@ -789,26 +838,41 @@ def cross_entropy_from_fused(
         >>> cross_entropy_from_fused(logits, torch.full((4,), -100), num_valid=0)
         tensor(0., grad_fn=<MulBackward0>)
     """
+    return _fused_cross_entropy(logits, target, class_weight, label_smoothing, ignore_index, reduction, num_valid)
+
+
+def _fused_cross_entropy(
+    logits: Tensor,
+    target: Tensor,
+    class_weight: Tensor | None,
+    label_smoothing: float,
+    ignore_index: int,
+    reduction: str,
+    num_valid: int | None,
+) -> Tensor:
+    """:func:`cross_entropy_from_fused` of ``(B, C)`` logits or of the fused path's ``(S, C, b)`` chunks."""
     # no autocast guard needed: the fused logits are float32/64 and autocast runs
     # cross-entropy in float32 anyway
     logits = _as_compute_dtype(logits)
-    if logits.shape[0] == 0 or (num_valid == 0 and reduction == "mean"):
+    B = target.shape[0]
+    if B == 0 or (num_valid == 0 and reduction == "mean"):
         zero = logits.sum() * 0.0
-        return zero.expand(logits.shape[0]) if reduction == "none" else zero
+        return zero.expand(B) if reduction == "none" else zero
     w = None if class_weight is None else class_weight.to(device=logits.device, dtype=logits.dtype)
-    # (B, C) as a view of a contiguous (C, B), as the fused path returns it: the "spatial" form of
-    # cross-entropy ((1, C, B) input) reduces along the contiguous batch axis, the same value; on
-    # CPU 7x faster than over short rows of C classes (measured at B=1024, C=10)
-    spatial = logits.dim() == 2 and logits.shape[0] > 1 and logits.t().is_contiguous()
+    # batch last, the "spatial" form of cross-entropy ((N, C, b) input): it reduces along the
+    # contiguous batch axis, the same value; on CPU 7x faster than over short rows of C classes
+    # (measured at B=1024, C=10). The fused path's (S, C, b) chunks are in that form; so is a
+    # (B, C) view of a contiguous (C, B)
+    if logits.dim() == 3:
+        x, t = logits, target.view(logits.shape[0], -1)
+    elif B > 1 and logits.t().is_contiguous():
+        x, t = logits.t().unsqueeze(0), target.unsqueeze(0)
+    else:
+        x, t = logits, target
     ce = F.cross_entropy(
-        logits.t().unsqueeze(0) if spatial else logits,
-        target.unsqueeze(0) if spatial else target,
-        weight=w,
-        ignore_index=ignore_index,
-        reduction=reduction,
-        label_smoothing=label_smoothing,
+        x, t, weight=w, ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing
     )
-    return ce.squeeze(0) if spatial and reduction == "none" else ce
+    return ce.reshape(B) if reduction == "none" else ce
 
 
 def unimodal_cross_entropy(
@@ -1002,13 +1066,7 @@ def multimodal_loss(
             ignore_index,
             weight=weight,
         )
-    o = _fuse_raw(u, weight, mask, spec)[0]
-    return cross_entropy_from_fused(
-        o,
-        target,
-        class_weight=cw,
-        label_smoothing=V.check_label_smoothing(label_smoothing),
-        ignore_index=ignore_index,
-        reduction=reduction,
-        num_valid=num_valid,
+    o = _fuse_raw(u, weight, mask, spec, batch_last=True)[0]
+    return _fused_cross_entropy(
+        o, target, cw, V.check_label_smoothing(label_smoothing), ignore_index, reduction, num_valid
     )
