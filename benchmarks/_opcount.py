@@ -18,7 +18,12 @@ METADATA_OPS = frozenset(
     for name in (
         "view",
         "reshape",
+        "_reshape_alias",
         "t",
+        "mT",
+        "movedim",
+        "select",
+        "slice",
         "permute",
         "transpose",
         "unsqueeze",
