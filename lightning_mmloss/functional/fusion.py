@@ -320,7 +320,7 @@ def _batch_chunks(batch: int, spec: FusionSpec, device: torch.device) -> int:
         or batch % 2
         or ck >= _CHUNK_MAX_CK
         or batch * ck < _CHUNK_MIN_WORK
-        or torch.compiler.is_compiling()  # the compiler plans its own kernels (and cannot trace the next call)
+        or V._compiling()  # the compiler plans its own kernels (and cannot trace the next call)
         or torch.get_num_threads() < 2
     ):
         return 1

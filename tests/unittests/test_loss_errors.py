@@ -265,15 +265,18 @@ def test_tiny_gamma_float32_gradients_match_float64(backend: str) -> None:
 # torch's own compiler stack emits DeprecationWarnings about itself (torch 2.13: autograd.Function
 # instantiation, torch.jit.script_method); none comes from this package
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
-def test_default_loss_compiles_with_fullgraph() -> None:
+@pytest.mark.parametrize("batch", [32, 2048])  # 2048: eagerly, a multi-threaded CPU runs it in batch chunks
+def test_default_loss_compiles_with_fullgraph(batch: int) -> None:
     torch.manual_seed(0)
     crit = MultiModalLoss(4, 3, 5)
-    u = torch.randn(32, 3, 4, requires_grad=True)
-    y = torch.randint(0, 4, (32,))
+    u = torch.randn(batch, 3, 4, requires_grad=True)
+    y = torch.randint(0, 4, (batch,))
     compiled = torch.compile(crit, fullgraph=True)
     loss = compiled(u, y)
-    loss.backward()
-    torch.testing.assert_close(loss.detach(), crit(u, y).detach())
+    (grad,) = torch.autograd.grad(loss, u)
+    eager = crit(u, y)
+    torch.testing.assert_close(loss.detach(), eager.detach())
+    torch.testing.assert_close(grad, torch.autograd.grad(eager, u)[0])
 
 
 def test_token_level_logits_are_refused_with_the_recipe_and_the_recipe_works() -> None:
