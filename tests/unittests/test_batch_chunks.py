@@ -137,6 +137,15 @@ def test_chunk_count_choice(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert fusion._batch_chunks(1024, spec(10, 20), cpu) == 1
 
+    def untraceable() -> int:
+        raise AssertionError("the thread count is read while compiling")
+
+    # compiling: two chunks without reading the thread count (it would break the graph)
+    monkeypatch.setattr(torch, "get_num_threads", untraceable)
+    monkeypatch.setattr(fusion.V, "_compiling", lambda: True)
+    assert fusion._batch_chunks(1024, spec(10, 20), cpu) == 2
+    assert fusion._batch_chunks(1024, spec(100, 20), cpu) == 1
+
 
 def test_float32_chunked_close_to_float64(monkeypatch: pytest.MonkeyPatch) -> None:
     # the real choice at a benchmark size, in float32, against the float64 computation in one chunk
