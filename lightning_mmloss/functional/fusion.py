@@ -341,9 +341,8 @@ class _FusionFunction(torch.autograd.Function):
     returns the fused logits as a contiguous ``(S, C, b)`` tensor (``_batch_first`` makes it
     ``(B, C)``). With ``analytics=True`` it also returns, marked non-differentiable and
     batch-last, the scaled similarity ``T`` (cosine similarity / gamma; ``S`` counts chunks
-    here) ``(S, C, K, b)``, the attention ``A``
-    ``(S, C*K, b)``, the attended proxy ``a`` ``(S, M*C, b)`` (empty when attention is off) and
-    the masked scores ``p`` ``(S, M, C, b)``.
+    here) ``(S, C, K, b)``, the attention ``A`` ``(S, C*K, b)``, the attended proxy ``a``
+    ``(S, M*C, b)`` (empty when attention is off) and the masked scores ``p`` ``(S, M, C, b)``.
 
     Why batch last: every elementwise op, reduction and broadcast of the formulation then runs
     along the long, contiguous batch axis. In the natural ``(B, C, K)`` layout the innermost
@@ -496,7 +495,7 @@ class _FusionFunction(torch.autograd.Function):
                     grad_u = pdp.addcmul_(p, pdp.sum(dim=2, keepdim=True), value=-1)
                 else:
                     grad_u = dp
-                grad_u = grad_u.permute(0, 3, 1, 2).reshape(S * b, M, C)  # the input's (B, M, C) (a view for S=1)
+                grad_u = _batch_first(grad_u)  # the input's (B, M, C) (a view for one chunk)
             if ctx.needs_input_grad[1]:
                 grad_w = _proxy_grad(dT2, E, da, zg, P, inv_n, weight)
         return grad_u, grad_w, None, None, None, None, None
@@ -518,7 +517,7 @@ def _proxy_grad(
     dP = torch.bmm(dT, zg.mT)  # (S, C*K, M*C): per chunk, summed below
     if da is not None:
         dP.baddbmm_(E, da.mT)
-    dP = dP.sum(dim=0) if S > 1 else dP.view(dP.shape[1:])
+    dP = dP.sum(dim=0) if S > 1 else dP[0]
     if not scale_factors:
         dP.mul_(inv_n)
     dP.addcmul_(P, torch.linalg.vecdot(P, dP).unsqueeze(1), value=-1)  # project out the radial part
