@@ -1,6 +1,6 @@
 # Two entry points for people (see README): `make demo` and `make test`.
 # Both create the virtual environment on first use. The constraints file pins the CPU build
-# of torch used on our dev/CI machines; pyproject.toml itself only asks for torch>=2.1.
+# of torch used on our dev/CI machines and pins the declared floors of lightning and torchmetrics.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python

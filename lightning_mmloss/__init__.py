@@ -12,6 +12,7 @@ from typing import Any
 
 from lightning_mmloss.functional.fusion import FusionOutput
 from lightning_mmloss.loss import PAPER_OPTIONS, MultiModalLoss
+from lightning_mmloss.step_output import MultiModalStepOutput
 
 __version__ = "0.1.0"
 
@@ -30,6 +31,7 @@ __all__ = [
     "ModalityReliability",
     "MultiModalLoss",
     "MultiModalLossMixin",
+    "MultiModalStepOutput",
     "PAPER_OPTIONS",
     "SubgroupMonitor",
     "SubgroupStatistics",

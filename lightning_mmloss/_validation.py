@@ -57,24 +57,35 @@ def check_choice(name: str, value: Any, choices: Sequence[str]) -> str:
     return value
 
 
-def check_modalities(num_modalities: int | Sequence[str]) -> tuple[int, tuple[str, ...] | None]:
+def check_modalities(
+    num_modalities: int | Sequence[str], arg: str = "num_modalities"
+) -> tuple[int, tuple[str, ...] | None]:
     """Return the number of modalities and their names (``None`` when only a count was given)."""
     if isinstance(num_modalities, str):
         raise TypeError(
-            "Expected argument `num_modalities` to be an int or a sequence of modality names, "
+            f"Expected argument `{arg}` to be an int or a sequence of modality names, "
             f"but got the string {num_modalities!r}; pass a list such as [{num_modalities!r}, ...]."
         )
     if isinstance(num_modalities, Sequence):
         names = tuple(num_modalities)
         if not names:
-            raise ValueError("Expected argument `num_modalities` to name at least one modality, but got an empty list.")
+            raise ValueError(f"Expected argument `{arg}` to name at least one modality, but got an empty list.")
         for n in names:
             if not isinstance(n, str) or not n:
-                raise TypeError(f"Expected argument `num_modalities` to hold non-empty strings, but got {n!r}.")
+                raise TypeError(f"Expected argument `{arg}` to hold non-empty strings, but got {n!r}.")
         if len(set(names)) != len(names):
-            raise ValueError(f"Expected argument `num_modalities` to hold unique names, but got {list(names)}.")
+            raise ValueError(f"Expected argument `{arg}` to hold unique names, but got {list(names)}.")
         return len(names), names
-    return check_int("num_modalities", num_modalities, 1), None
+    return check_int(arg, num_modalities, 1), None
+
+
+def check_names(name: str, names: Sequence[str] | None) -> tuple[str, ...] | None:
+    """``names`` (modality names given to a function) as a tuple of unique non-empty strings."""
+    if names is None:
+        return None
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        raise TypeError(f"Expected argument `{name}` to be a sequence of modality names, but got {names!r}.")
+    return check_modalities(list(names), name)[1]
 
 
 def check_label_smoothing(value: Any) -> float:
@@ -256,8 +267,7 @@ def _compiling() -> bool:
     A sync would break the compiled graph (``fullgraph=True`` fails) or the capture (CUDA refuses
     it), so the checks are skipped there; run the model eagerly once to have them.
     """
-    compiler = getattr(torch, "compiler", None)
-    if compiler is not None and hasattr(compiler, "is_compiling") and compiler.is_compiling():
+    if torch.compiler.is_compiling():
         return True
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
@@ -306,9 +316,10 @@ def check_values(
         flags.extend(torch.aminmax(weight.detach()))
     has_target = target is not None and target.numel() > 0
     if has_target:
-        # in the logits' float dtype: exact for any realistic class index (< 2^24)
-        flags.extend(torch.aminmax(target.to(vals.dtype)))
-    values = torch.stack([f if f.dtype == vals.dtype else f.to(vals.dtype) for f in flags]).tolist()
+        flags.extend(torch.aminmax(target.to(torch.float64 if vals.dtype == torch.float64 else torch.float32)))
+    # at least float32: class indices are exact up to 2^24 there (bf16 loses them above 256)
+    dtype = torch.float64 if vals.dtype == torch.float64 else torch.float32
+    values = torch.stack([f if f.dtype == dtype else f.to(dtype) for f in flags]).tolist()
     if not math.isfinite(values[0]):
         _raise_if_nonfinite(u, present, names)
     if identity:

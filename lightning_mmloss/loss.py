@@ -16,14 +16,10 @@ from lightning_mmloss.functional.fusion import (
     FusionSpec,
     UnimodalInput,
     _analytics,
-    _aux_from_log_scores,
-    _batch_first,
-    _fuse_raw,
-    _fused_cross_entropy,
-    _log_scores_path,
-    auxiliary_unimodal_loss,
+    _fuse,
     normalized_proxies,
 )
+from lightning_mmloss.functional.losses import LossOptions, _check_with_target, _loss
 from lightning_mmloss.functional.shapley import _shapley
 
 PROXY_INITS = ("class", "kaiming", "authors")
@@ -132,8 +128,6 @@ class MultiModalLoss(nn.Module):
         super().__init__()
         num_classes = V.check_int("num_classes", num_classes, 2)
         m, names = V.check_modalities(num_modalities)
-        if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-            raise TypeError(f"Expected argument `ignore_index` to be an int, but got {ignore_index!r}.")
         # the fusion's options and sizes, checked once here (FusionOptions validates on construction)
         self.spec = FusionSpec(
             num_classes=num_classes,
@@ -147,10 +141,17 @@ class MultiModalLoss(nn.Module):
             backend=backend,
         )
         self.modality_names = names
-        self.reduction = V.check_choice("reduction", reduction, V.REDUCTIONS)
-        self.label_smoothing = V.check_label_smoothing(label_smoothing)
-        self.ignore_index = ignore_index
-        self.validate_args = bool(validate_args)
+        # checked once; the class weight lives in a buffer (it moves with the module)
+        opts = LossOptions(None, label_smoothing, ignore_index, reduction, aux_weight)
+        self.reduction, self.label_smoothing, self.ignore_index = (
+            opts.reduction,
+            opts.label_smoothing,
+            opts.ignore_index,
+        )
+        self.aux_weight = opts.aux_weight
+        if not isinstance(validate_args, bool):
+            raise TypeError(f"Expected argument `validate_args` to be a bool, but got {validate_args!r}.")
+        self.validate_args = validate_args
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(num_classes * self.spec.proxies_per_class, m * num_classes, **factory))
         cw = V.check_class_weight(class_weight, num_classes)
@@ -160,7 +161,6 @@ class MultiModalLoss(nn.Module):
         # loss uses the raw fused logits). 1 until fitted on held-out data, e.g. by the mixin.
         self.register_buffer("temperature", torch.ones((), device=device, dtype=torch.float32))
         self.proxy_init = V.check_choice("proxy_init", proxy_init, PROXY_INITS)
-        self.aux_weight = V.check_nonnegative("aux_weight", aux_weight)
         self.reset_parameters()
 
     # -- configuration shortcuts ----------------------------------------------------------
@@ -215,22 +215,10 @@ class MultiModalLoss(nn.Module):
         """The proxies used by the fusion, ``row_l2_normalize(clamp(weight, 0))``, ``(C*K, M*C)``."""
         return normalized_proxies(self.weight, self.spec.normalize_proxies)
 
-    def _fuse(
-        self,
-        u: Tensor,
-        mask: Tensor | None,
-        analytics: bool = False,
-        calibrated: bool = False,
-        log_scores: bool = False,
-        batch_last: bool = False,
-    ) -> tuple[Any, ...]:
-        out = _fuse_raw(
-            u, self.weight, mask, self.spec, analytics=analytics, log_scores=log_scores, batch_last=batch_last
-        )
-        return (self._calibrate(out[0]), *out[1:]) if calibrated else out
-
-    def _calibrate(self, logits: Tensor) -> Tensor:
-        return logits / self.temperature.to(logits.dtype)
+    @property
+    def loss_options(self) -> LossOptions:
+        """The cross-entropy options and ``aux_weight`` as a :class:`~lightning_mmloss.functional.LossOptions`."""
+        return LossOptions(self.class_weight, self.label_smoothing, self.ignore_index, self.reduction, self.aux_weight)
 
     def _config(self) -> dict[str, Any]:
         """What a state must agree on to be loaded: everything that gives the parameter its meaning."""
@@ -247,8 +235,19 @@ class MultiModalLoss(nn.Module):
         """Checked in :meth:`_load_from_state_dict` before anything is copied; nothing to set."""
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
-        # checkpoints written before the temperature existed: load them as uncalibrated
-        state_dict.setdefault(prefix + "temperature", torch.ones(()))
+        # a state without the temperature (a partial state, a checkpoint from before it existed)
+        # keeps this module's: a fitted temperature is never reset by a load
+        temperature = state_dict.setdefault(prefix + "temperature", self.temperature.detach().clone())
+        if not (
+            isinstance(temperature, Tensor)
+            and temperature.numel() == 1
+            and bool(torch.isfinite(temperature).all())
+            and float(temperature) > 0
+        ):
+            raise ValueError(
+                f"Expected the state's `{prefix}temperature` to be one finite value > 0, but got {temperature!r}; "
+                "a temperature <= 0 would flip or break the fused probabilities."
+            )
         # ... and before the configuration was saved: nothing to compare
         extra = state_dict.setdefault(prefix + "_extra_state", None)
         saved = extra.get("config") if isinstance(extra, dict) else None
@@ -271,6 +270,14 @@ class MultiModalLoss(nn.Module):
         mask = V.check_mask(modality_mask, u.shape[0], self.num_modalities, u.device)
         return u, mask
 
+    def _prepare_checked(
+        self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor | None]:
+        u, mask = self._prepare(unimodal_logits, modality_mask)
+        if self.validate_args:
+            V.check_values(u, mask, self.spec.activation, self.modality_names, weight=self.weight)
+        return u, mask
+
     def forward(
         self,
         unimodal_logits: UnimodalInput,
@@ -284,106 +291,49 @@ class MultiModalLoss(nn.Module):
         terms, the fused cross-entropy and the auxiliary unimodal cross-entropy
         (``loss = fused + aux_weight * aux``), e.g. to log them separately.
         """
-        u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
-        log_scores = self._aux_from_fusion(mask, return_terms)
-        raw = self._fuse(u, mask, log_scores=log_scores, batch_last=True)
-        return self._total(raw[0], u, target, mask, num_valid, return_terms, raw[5] if log_scores else None)
+        loss, fused, aux, _ = self._loss(unimodal_logits, target, modality_mask, terms=return_terms)
+        return (loss, fused, aux) if return_terms else loss  # type: ignore[return-value]
 
-    def _aux_from_fusion(self, mask: Tensor | None, return_terms: bool = False) -> bool:
-        """Whether the auxiliary term comes from the fusion's log-scores (one pass; see ``_log_scores_path``)."""
-        return bool(self.aux_weight or return_terms) and _log_scores_path(
-            self.spec, mask, self.label_smoothing, self.reduction
-        )
-
-    def _total(
+    def _loss(
         self,
-        logits: Tensor,
-        u: Tensor,
+        unimodal_logits: UnimodalInput,
         target: Tensor,
-        mask: Tensor | None,
-        num_valid: int | None,
-        return_terms: bool = False,
-        log_scores: Tensor | None = None,
-    ) -> Tensor | tuple[Tensor, Tensor, Tensor]:
-        fused = self._loss_from_logits(logits, target, num_valid=num_valid)
-        if not (self.aux_weight or return_terms):
-            return fused
-        if log_scores is not None:
-            aux = _aux_from_log_scores(
-                log_scores, target, self.class_weight, self.ignore_index, self.reduction, num_valid
-            )
-        else:
-            aux = auxiliary_unimodal_loss(
-                u,
-                target,
-                modality_mask=mask,
-                activation=self.spec.activation,
-                class_weight=self.class_weight,
-                label_smoothing=self.label_smoothing,
-                ignore_index=self.ignore_index,
-                reduction=self.reduction,
-                num_valid=num_valid,
-            )
-        total = torch.add(fused, aux, alpha=self.aux_weight) if self.aux_weight else fused
-        return (total, fused, aux) if return_terms else total
-
-    def _prepare_with_target(
-        self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None
-    ) -> tuple[Tensor, Tensor | None, Tensor, int | None]:
+        modality_mask: Tensor | None,
+        analytics: bool = False,
+        terms: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Any]:
         u, mask = self._prepare(unimodal_logits, modality_mask)
-        target = V.check_target_shape(target, u.shape[0], u.device)
-        num_valid = None
-        if self.validate_args:  # logits and targets in one synchronisation
-            num_valid = V.check_values(
-                u,
-                mask,
-                self.spec.activation,
-                self.modality_names,
-                target,
-                self.num_classes,
-                self.ignore_index,
-                weight=self.weight,
-            )
-        return u, mask, target, num_valid
-
-    def _loss_from_logits(self, logits: Tensor, target: Tensor, num_valid: int | None = None) -> Tensor:
-        """Cross-entropy of already fused logits (e.g. ``fuse(...).logits``) with this loss's options."""
-        return _fused_cross_entropy(
-            logits, target, self.class_weight, self.label_smoothing, self.ignore_index, self.reduction, num_valid
+        opts = self.loss_options
+        target, num_valid = _check_with_target(
+            u, target, self.weight, mask, self.spec, opts, self.modality_names, self.validate_args
         )
+        return _loss(u, target, self.weight, mask, self.spec, opts, num_valid, analytics, terms)
+
+    def fuse_with_loss(
+        self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None = None
+    ) -> tuple[FusionOutput, Tensor]:
+        """:meth:`fuse` and the loss from one fusion pass (evaluation steps): ``(fusion, loss)``."""
+        loss, _, _, raw = self._loss(unimodal_logits, target, modality_mask, analytics=True)
+        return _analytics(raw, self.spec, self.temperature), loss
 
     def stack_logits(self, unimodal_logits: UnimodalInput) -> Tensor:
         """Checked ``(B, M, C)`` tensor from any accepted input form (mapping, sequence, tensor)."""
         return self._prepare(unimodal_logits, None)[0]
 
-    def _fuse_with_loss(
-        self, unimodal_logits: UnimodalInput, target: Tensor, modality_mask: Tensor | None = None
-    ) -> tuple[FusionOutput, Tensor]:
-        """Analytics and loss from one fusion pass (validation/test steps): ``(fuse(...), loss)``."""
-        u, mask, target, num_valid = self._prepare_with_target(unimodal_logits, target, modality_mask)
-        log_scores = self._aux_from_fusion(mask)
-        raw = self._fuse(u, mask, analytics=True, log_scores=log_scores, batch_last=True)
-        logits = raw[0] if raw[0].dim() == 2 else _batch_first(raw[0])  # (S, C, b) chunks from the fused path
-        out = _analytics(self._calibrate(logits), *raw[1:5], self.spec)
-        return out, self._total(raw[0], u, target, mask, num_valid, log_scores=raw[5] if log_scores else None)
-
     def fused_logits(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> Tensor:
-        """Fused logits ``(B, C)`` only: the cheap path for prediction."""
-        u, mask = self._prepare(unimodal_logits, modality_mask)
-        if self.validate_args:
-            V.check_values(u, mask, self.spec.activation, self.modality_names, weight=self.weight)
-        return self._fuse(u, mask, calibrated=True)[0].contiguous()
+        """Calibrated fused logits ``(B, C)`` only (divided by :attr:`temperature`): the cheap path for prediction."""
+        u, mask = self._prepare_checked(unimodal_logits, modality_mask)
+        logits = _fuse(u, self.weight, mask, self.spec).logits
+        return (logits / self.temperature.to(logits.dtype)).contiguous()
 
     def fuse(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> FusionOutput:
-        """Fused logits plus per-instance analytics (subgroup, attention, similarity, weights).
+        """Fused logits (calibrated) plus per-instance analytics (subgroup, attention, similarity, weights).
 
         Returns:
             A :class:`~lightning_mmloss.functional.FusionOutput`; its ``logits`` carry gradient.
         """
-        u, mask = self._prepare(unimodal_logits, modality_mask)
-        if self.validate_args:
-            V.check_values(u, mask, self.spec.activation, self.modality_names, weight=self.weight)
-        return _analytics(*self._fuse(u, mask, analytics=True, calibrated=True), self.spec)
+        u, mask = self._prepare_checked(unimodal_logits, modality_mask)
+        return _analytics(_fuse(u, self.weight, mask, self.spec, analytics=True), self.spec, self.temperature)
 
     def shapley(
         self,
@@ -396,9 +346,7 @@ class MultiModalLoss(nn.Module):
 
         See :func:`~lightning_mmloss.functional.modality_shapley`.
         """
-        u, mask = self._prepare(unimodal_logits, modality_mask)
-        if self.validate_args:
-            V.check_values(u, mask, self.spec.activation, self.modality_names, weight=self.weight)
+        u, mask = self._prepare_checked(unimodal_logits, modality_mask)
         # checked once, here: straight to the computation
         return _shapley(u, self.weight, mask, self.spec, target_class, max_rows, self.temperature.reciprocal())
 

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch import LightningModule
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_mmloss.functional.fusion import FusionOutput, UnimodalInput
+from lightning_mmloss.functional.fusion import UnimodalInput, _analytics, _fuse
 from lightning_mmloss.loss import MultiModalLoss
 from lightning_mmloss.metrics.temperature import TemperatureFit
+from lightning_mmloss.step_output import MultiModalStepOutput
 
 _NOT_CONFIGURED = (
     "MultiModalLossMixin is not configured: call `self.configure_multimodal(modalities=[...], num_classes=...)` "
@@ -49,8 +52,17 @@ class MultiModalLossMixin:
     synchronised across processes). With the loss's ``aux_weight > 0`` (the default) also
     ``train/fused_loss`` and ``train/aux_loss``: the fused cross-entropy and the mean unimodal
     cross-entropy of the present heads; ``train/loss = fused_loss + aux_weight * aux_loss``. With
-    ``calibrate=True`` (the default) also ``val/temperature``, the temperature the epoch's fused
-    probabilities used (fitted on the previous validation epoch; 1 before the first).
+    ``calibrate=True`` (the default) also ``val/temperature`` during ``fit``, the temperature the
+    epoch's fused probabilities used (fitted on the previous validation epoch; 1 before the first).
+
+    Calibration is part of fitting: at the end of every validation epoch of ``trainer.fit`` the
+    fused probabilities' temperature is refitted on that epoch's first validation dataloader,
+    whatever computed the validation step (the mixin's or your own). ``trainer.validate``,
+    ``test`` and ``predict`` never change it; :meth:`calibrate_temperature` fits it on demand from
+    a dataloader you name. Why in the mixin rather than a callback (as ``StochasticWeightAveraging``
+    is): the temperature belongs to the model (it is saved with it and used by ``fuse`` and
+    ``predict_step``) and calibrated probabilities are the default, so no callback must be
+    remembered for them.
 
     Example::
 
@@ -78,7 +90,11 @@ class MultiModalLossMixin:
         >>> trainer.fit(net, loader, loader)
         >>> print(*sorted(trainer.callback_metrics))
         train/aux_loss train/fused_loss train/loss train/loss_epoch train/loss_step val/acc val/loss val/temperature
-        >>> float(net.mm_loss.temperature) != 1.0   # fitted on the validation data after every epoch
+        >>> fitted = float(net.mm_loss.temperature)
+        >>> fitted != 1.0   # fitted on the validation data after every epoch of fit
+        True
+        >>> _ = trainer.validate(net, loader, verbose=False)
+        >>> float(net.mm_loss.temperature) == fitted   # validate() and test() never refit it
         True
         >>> out = trainer.predict(net, loader)[0]
         >>> out["probs"].shape, out["unimodal_probs"].shape, out["modality_weights"].shape
@@ -104,9 +120,10 @@ class MultiModalLossMixin:
             num_classes: number of classes ``C``.
             proxies_per_class: ``K``, subgroups per class.
             calibrate: fit the fused probabilities' temperature (``self.mm_loss.temperature``) on
-                the first validation dataloader at the end of every validation epoch (temperature
-                scaling: the training data are fitted too well to calibrate on). Predicted classes
-                do not change; the probabilities of ``fuse``, ``predict_step`` and the monitor do.
+                the first validation dataloader at the end of every validation epoch of
+                ``trainer.fit`` (temperature scaling: the training data are fitted too well to
+                calibrate on). Predicted classes do not change; the probabilities of ``fuse``,
+                ``predict_step`` and the monitor do.
             loss_kwargs: any other :class:`~lightning_mmloss.MultiModalLoss` option (``aux_weight``,
                 ``gamma``, ``pooling``, ``class_weight``, ``ignore_index``, ``proxy_init``, ...).
 
@@ -225,48 +242,110 @@ class MultiModalLossMixin:
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         """MultiModal loss (plus the auxiliary unimodal loss if configured), logged as ``train/loss``."""
+        self._check_automatic_optimization()
         loss_fn = self._mm_loss()
         u = loss_fn.stack_logits(self.unimodal_logits(batch))
         target = self.get_target(batch)
         mask = self.get_modality_mask(batch)
         log = self.log  # type: ignore[attr-defined]
+        n = u.shape[0]
         if loss_fn.aux_weight:
             loss, fused, aux = loss_fn(u, target, mask, return_terms=True)
-            log("train/fused_loss", fused, on_step=False, on_epoch=True, sync_dist=True, batch_size=u.shape[0])
-            log("train/aux_loss", aux, on_step=False, on_epoch=True, sync_dist=True, batch_size=u.shape[0])
+            log("train/fused_loss", fused, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
+            log("train/aux_loss", aux, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         else:
             loss = loss_fn(u, target, mask)
         extra = self.extra_loss(batch, u)
         if extra is not None:
-            log("train/extra_loss", extra, on_step=False, on_epoch=True, sync_dist=True, batch_size=u.shape[0])
+            log("train/extra_loss", extra, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
             loss = loss + extra
-        log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=u.shape[0])
+        log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
         return loss
 
-    def _evaluate(self, batch: Any, stage: str, dataloader_idx: int = 0) -> dict[str, Any]:
+    def _check_automatic_optimization(self) -> None:
+        if not self.automatic_optimization:  # type: ignore[attr-defined]
+            raise RuntimeError(
+                "MultiModalLossMixin's training_step returns the loss for Lightning's automatic optimization, but "
+                f"{type(self).__name__} sets `automatic_optimization = False`, so nothing would train. Keep automatic "
+                "optimization, or write your own training_step that calls `self.manual_backward(loss)` and the "
+                "optimizer, with `loss = self.mm_loss(self.unimodal_logits(batch), self.get_target(batch))`."
+            )
+
+    def multimodal_step(self, batch: Any, with_target: bool = True) -> MultiModalStepOutput:
+        """Run the heads and the fusion on ``batch``: the :class:`~lightning_mmloss.MultiModalStepOutput` of it.
+
+        The mixin's validation, test and predict steps call this; so can a validation or test step
+        of your own, returning its result so that the monitor and the calibration read it without
+        running the heads again (when your step returns something else, they call this themselves).
+
+        Args:
+            batch: a batch as the dataloader yields it.
+            with_target: read the target (:meth:`get_target`) and compute the loss; ``False`` for
+                prediction.
+
+        Example::
+
+            def validation_step(self, batch, batch_idx):
+                out = self.multimodal_step(batch)
+                self.log("val/my_loss", out.loss)
+                return out
+        """
         loss_fn = self._mm_loss()
         u = loss_fn.stack_logits(self.unimodal_logits(batch))
-        target = self.get_target(batch)
         mask = self.get_modality_mask(batch)
-        fusion, loss = loss_fn._fuse_with_loss(u, target, mask)
-        fit = getattr(self, "mm_temperature_fit", None)
-        if fit is not None and stage == "val" and dataloader_idx == 0 and not self.trainer.sanity_checking:  # type: ignore[attr-defined]
-            fit.update(fusion.logits.detach() * loss_fn.temperature, target)  # the raw fused logits
-            # the temperature these probabilities used (fitted at the end of the previous epoch)
-            self.log("val/temperature", loss_fn.temperature, on_epoch=True, batch_size=u.shape[0])  # type: ignore[attr-defined]
-        acc = self._accuracy(stage, dataloader_idx)
-        acc(fusion.preds, target)
-        log = self.log  # type: ignore[attr-defined]
-        log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=u.shape[0])
-        log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True, metric_attribute=f"mm_accuracy.{stage}_{dataloader_idx}")
-        return {"loss": loss, "fusion": fusion, "target": target, "modality_mask": mask, "unimodal_logits": u.detach()}
+        target, loss = None, None
+        if with_target:
+            target = self.get_target(batch)
+            loss, _, _, raw = loss_fn._loss(u, target, mask, analytics=True)
+            target = target.long()
+        else:
+            u, mask = loss_fn._prepare_checked(u, mask)
+            raw = _fuse(u, loss_fn.weight, mask, loss_fn.spec, analytics=True)
+        fusion = _analytics(raw, loss_fn.spec, loss_fn.temperature)
+        return MultiModalStepOutput(
+            unimodal_logits=u.detach(),
+            unimodal_probs=fusion.unimodal_probs,
+            logits=raw.logits.detach(),
+            probs=fusion.probs.detach(),
+            target=target,
+            modality_mask=mask,
+            loss=loss,
+            fusion=fusion,
+        )
 
-    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Loss and accuracy (``val/loss``, ``val/acc``); returns the fusion for callbacks."""
+    def step_output(self, outputs: Any, batch: Any) -> MultiModalStepOutput:
+        """``outputs`` when a step returned a :class:`~lightning_mmloss.MultiModalStepOutput`, else this batch's.
+
+        For a step of your own that returns something else, the heads run once more on ``batch``
+        (without gradient), once per batch however many consumers ask.
+        """
+        if isinstance(outputs, MultiModalStepOutput):
+            return outputs
+        cached = self.__dict__.get("_mm_step_cache")
+        if cached is not None and cached[0] is batch:
+            return cached[1]
+        with torch.no_grad():
+            out = self.multimodal_step(batch)
+        self.__dict__["_mm_step_cache"] = (batch, out)
+        return out
+
+    def _evaluate(self, batch: Any, stage: str, dataloader_idx: int = 0) -> MultiModalStepOutput:
+        out = self.multimodal_step(batch)
+        assert out.target is not None and out.loss is not None
+        acc = self._accuracy(stage, dataloader_idx)
+        acc(out.preds, out.target)
+        log = self.log  # type: ignore[attr-defined]
+        n = out.target.shape[0]
+        log(f"{stage}/loss", out.loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
+        log(f"{stage}/acc", acc, on_epoch=True, prog_bar=True, metric_attribute=f"mm_accuracy.{stage}_{dataloader_idx}")
+        return out
+
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> MultiModalStepOutput:
+        """Loss and accuracy (``val/loss``, ``val/acc``); returns the :class:`MultiModalStepOutput`."""
         return self._evaluate(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Loss and accuracy (``test/loss``, ``test/acc``); returns the fusion for callbacks."""
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> MultiModalStepOutput:
+        """Loss and accuracy (``test/loss``, ``test/acc``); returns the :class:`MultiModalStepOutput`."""
         return self._evaluate(batch, "test", dataloader_idx)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
@@ -276,15 +355,15 @@ class MultiModalLossMixin:
             ``probs`` ``(B, C)``, ``preds`` ``(B,)``, ``unimodal_probs`` ``(B, M, C)``,
             ``subgroup`` ``(B,)`` and ``modality_weights`` ``(B, M)``.
         """
-        loss_fn = self._mm_loss()
         with torch.no_grad():
-            fusion: FusionOutput = loss_fn.fuse(self.unimodal_logits(batch), self.get_modality_mask(batch))
+            out = self.multimodal_step(batch, with_target=False)
+        assert out.fusion is not None
         return {
-            "probs": fusion.probs,
-            "preds": fusion.preds,
-            "unimodal_probs": fusion.unimodal_probs,
-            "subgroup": fusion.subgroup,
-            "modality_weights": fusion.modality_weights,
+            "probs": out.probs,
+            "preds": out.preds,
+            "unimodal_probs": out.unimodal_probs,
+            "subgroup": out.fusion.subgroup,
+            "modality_weights": out.fusion.modality_weights,
         }
 
     def _accuracy(self, stage: str, dataloader_idx: int) -> MulticlassAccuracy:
@@ -298,15 +377,66 @@ class MultiModalLossMixin:
             )
         return accs[key]  # type: ignore[return-value]
 
+    # -- calibration ------------------------------------------------------------------------
+    def _calibrating(self, dataloader_idx: int = 0) -> bool:
+        """Whether this validation batch calibrates: ``calibrate=True``, in ``fit``, no sanity check, loader 0."""
+        trainer = self.trainer  # type: ignore[attr-defined]
+        return (
+            getattr(self, "mm_temperature_fit", None) is not None
+            and trainer.state.fn == TrainerFn.FITTING
+            and not trainer.sanity_checking
+            and dataloader_idx == 0
+        )
+
+    def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        """Calibration: collect the raw fused logits of ``fit``'s validation data (any validation step)."""
+        super().on_validation_batch_end(outputs, batch, batch_idx, dataloader_idx)  # type: ignore[misc]
+        if not self._calibrating(dataloader_idx):
+            return
+        out = self.step_output(outputs, batch)
+        assert out.target is not None
+        self.mm_temperature_fit.update(out.logits, out.target)
+
     def on_validation_epoch_end(self) -> None:
-        """Calibration: set the loss's temperature to the one that fits this epoch's validation data best."""
+        """Calibration: log the temperature this epoch used, then refit it on this epoch's data (``fit`` only)."""
         super().on_validation_epoch_end()  # type: ignore[misc]
         fit = getattr(self, "mm_temperature_fit", None)
-        if fit is None or not fit.update_called:
+        if fit is None or not self._calibrating() or not fit.update_called:
             return
+        loss = self._mm_loss()
+        self.log("val/temperature", loss.temperature.detach().clone(), on_epoch=True)  # type: ignore[attr-defined]
         temperature = fit.compute()  # synchronised over processes: every rank sets the same value
-        self._mm_loss().temperature.fill_(float(temperature))
+        loss.temperature.fill_(float(temperature))
         fit.reset()
+
+    def calibrate_temperature(self, dataloader: Iterable[Any]) -> float:
+        """Fit the fused probabilities' temperature on ``dataloader`` now, set it, and return it.
+
+        For calibration on data of your choosing (e.g. a held-out calibration split after
+        training). Runs in eval mode without gradient on the model's device; the model's
+        training mode is restored after.
+
+        Example::
+
+            temperature = net.calibrate_temperature(calibration_loader)
+        """
+        loss = self._mm_loss()
+        fit = TemperatureFit(ignore_index=loss.ignore_index).to(loss.temperature.device)
+        was_training = self.training  # type: ignore[attr-defined]
+        self.eval()  # type: ignore[attr-defined]
+        try:
+            with torch.no_grad():
+                for batch in dataloader:
+                    out = self.multimodal_step(move_data_to_device(batch, loss.temperature.device))
+                    assert out.target is not None
+                    fit.update(out.logits, out.target)
+        finally:
+            self.train(was_training)  # type: ignore[attr-defined]
+        if not fit.update_called:
+            raise ValueError("Expected argument `dataloader` to yield at least one batch, but it yielded none.")
+        temperature = float(fit.compute())
+        loss.temperature.fill_(temperature)
+        return temperature
 
     def on_train_start(self) -> None:
         """Warn once when the proxies are trainable but in no optimizer (they would never move)."""

@@ -20,6 +20,7 @@ from lightning_mmloss.functional.metrics import AGREEMENT_RATES, RELIABILITY_MET
 from lightning_mmloss.loss import MultiModalLoss
 from lightning_mmloss.metrics import ModalityAgreement, ModalityReliability, SubgroupStatistics
 from lightning_mmloss.metrics._base import _AdditiveStateMetric
+from lightning_mmloss.step_output import MultiModalStepOutput
 
 _STAGE_PREFIX = {"validate": "val", "test": "test"}
 
@@ -72,12 +73,12 @@ class SubgroupMonitor(Callback):
       the rest of the monitor together);
     - a rich table on rank zero (``print_summary``).
 
-    The model should use :class:`~lightning_mmloss.MultiModalLossMixin` (its validation/test steps
-    return what this callback reads). Batches whose target is ``ignore_index`` are left out. A
-    model without the MultiModal loss that has ``modality_names`` and ``num_classes`` and whose
-    steps return ``unimodal_probs``, ``fused_probs`` and ``target`` (e.g.
-    :class:`~lightning_mmloss.experiments.classifier.MultiModalClassifier` with a baseline fusion) gets the
-    reliability and agreement part only.
+    It reads one thing per batch, a :class:`~lightning_mmloss.MultiModalStepOutput`: what the
+    validation/test steps of :class:`~lightning_mmloss.MultiModalLossMixin` return, or what the
+    mixin's :meth:`~lightning_mmloss.MultiModalLossMixin.step_output` builds for a step of your own
+    (one more pass of the heads per batch, unless your step returns ``self.multimodal_step(batch)``).
+    Instances whose target is ``ignore_index`` are left out. A step output without subgroups (a
+    baseline fusion) gets the reliability and agreement part only.
 
     Args:
         every_n_epochs: run on validation epochs ``0, n, 2n, ...``.
@@ -222,6 +223,20 @@ class SubgroupMonitor(Callback):
             self._metrics[(prefix, idx)] = self._new_metrics(pl_module.device)
 
     # -- accumulation -----------------------------------------------------------------------
+    @staticmethod
+    def _step_output(pl_module: LightningModule, outputs: Any, batch: Any) -> MultiModalStepOutput:
+        """The step's :class:`MultiModalStepOutput`: returned by the step, or built once by the mixin."""
+        if isinstance(outputs, MultiModalStepOutput):
+            return outputs
+        resolve = getattr(pl_module, "step_output", None)
+        if not callable(resolve):
+            raise RuntimeError(
+                "SubgroupMonitor reads a MultiModalStepOutput: return `self.multimodal_step(batch)` from your "
+                f"validation/test step, or build {type(pl_module).__name__} with MultiModalLossMixin, but the step "
+                f"returned {type(outputs).__name__}."
+            )
+        return resolve(outputs, batch)
+
     def _update(
         self, prefix: str, pl_module: LightningModule, outputs: Any, batch: Any = None, dataloader_idx: int = 0
     ) -> None:
@@ -229,52 +244,25 @@ class SubgroupMonitor(Callback):
         if key not in self._metrics:  # a loader the epoch start did not announce
             self._metrics[key] = self._new_metrics(pl_module.device)
         metrics = self._metrics[key]
-        if not self._has_subgroups and isinstance(outputs, dict) and "fused_probs" in outputs:
-            self._update_probs_only(metrics, outputs)
-            return
-        if not isinstance(outputs, dict) or not isinstance(outputs.get("fusion"), FusionOutput):
-            # a model with steps of its own: fuse here, from the model's unimodal_logits(batch)
-            outputs = self._fuse_batch(pl_module, batch)
-        fusion: FusionOutput = outputs["fusion"]
-        target: Tensor = outputs["target"]
-        mask: Tensor | None = outputs.get("modality_mask")
+        out = self._step_output(pl_module, outputs, batch)
+        if out.target is None:
+            raise RuntimeError("SubgroupMonitor needs the step output's `target`, but it is None.")
+        target, mask, fusion = out.target, out.modality_mask, out.fusion
+        unimodal, probs, logits = out.unimodal_probs, out.probs, out.unimodal_logits
         keep = target != self._ignore_index
         if not bool(keep.all()):
-            fusion = FusionOutput(*(getattr(fusion, f)[keep] for f in FusionOutput.__dataclass_fields__))
-            target = target[keep]
+            target, unimodal, probs, logits = target[keep], unimodal[keep], probs[keep], logits[keep]
             mask = None if mask is None else mask[keep]
-        probs = fusion.probs.detach()
-        metrics["reliability"].update(fusion.unimodal_probs, probs, target, mask)
-        metrics["agreement"].update(fusion.unimodal_probs, probs, target, mask)
-        metrics["subgroups"].update_from_fusion(fusion, target)
-        if self.shapley and target.numel():
-            u = outputs["unimodal_logits"]
-            if not bool(keep.all()):
-                u = u[keep]
-            metrics["shapley"].update(self._loss_of(pl_module).shapley(u, modality_mask=mask))
-
-    def _fuse_batch(self, pl_module: LightningModule, batch: Any) -> dict[str, Any]:
-        """What the mixin's step returns, computed from the batch (one extra pass of the heads)."""
-        unimodal = getattr(pl_module, "unimodal_logits", None)
-        if batch is None or not callable(unimodal) or not callable(getattr(pl_module, "get_target", None)):
-            raise RuntimeError(
-                "SubgroupMonitor needs the validation/test step to return MultiModalLossMixin's dict (with 'fusion', "
-                "'target', 'modality_mask'), or a model with `unimodal_logits(batch)` and `get_target(batch)` (the "
-                "mixin's) so that it can fuse the batch itself."
-            )
-        loss = self._loss_of(pl_module)
-        with torch.no_grad():
-            u = loss.stack_logits(unimodal(batch))
-            mask = pl_module.get_modality_mask(batch) if hasattr(pl_module, "get_modality_mask") else None
-            target = pl_module.get_target(batch)
-            fusion = loss.fuse(u, mask)
-        return {"fusion": fusion, "target": target, "modality_mask": mask, "unimodal_logits": u}
-
-    def _update_probs_only(self, metrics: dict[str, Any], outputs: dict[str, Any]) -> None:
-        target: Tensor = outputs["target"]
-        mask: Tensor | None = outputs.get("modality_mask")
-        for name in ("reliability", "agreement"):
-            metrics[name].update(outputs["unimodal_probs"], outputs["fused_probs"], target, mask)
+            if fusion is not None:
+                fusion = FusionOutput(*(getattr(fusion, f)[keep] for f in FusionOutput.__dataclass_fields__))
+        if target.numel() == 0:
+            return  # nothing to score (an empty or all-ignored batch)
+        metrics["reliability"].update(unimodal, probs, target, mask)
+        metrics["agreement"].update(unimodal, probs, target, mask)
+        if fusion is not None and "subgroups" in metrics:
+            metrics["subgroups"].update_from_fusion(fusion, target)
+            if self.shapley:
+                metrics["shapley"].update(self._loss_of(pl_module).shapley(logits, modality_mask=mask))
 
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from lightning_mmloss import _validation as V
 from lightning_mmloss.loss import PAPER_OPTIONS
 from lightning_mmloss.mixin import MultiModalLossMixin, _accuracies
+from lightning_mmloss.step_output import MultiModalStepOutput
 
 FUSIONS = ("mm", "sum", "concat", "late", "ogm_ge", "independent")
 RECIPES = ("default", "paper")
@@ -202,7 +203,7 @@ class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
             super().on_train_start()
 
     # -- evaluation -------------------------------------------------------------------------
-    def _evaluate(self, batch: Any, stage: str, dataloader_idx: int = 0) -> dict[str, Any]:
+    def _evaluate(self, batch: Any, stage: str, dataloader_idx: int = 0) -> MultiModalStepOutput:
         if self.fusion == "mm":
             return super()._evaluate(batch, stage, dataloader_idx)
         u = self.stacked_logits(batch)
@@ -216,8 +217,16 @@ class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
         self.log(
             f"{stage}/acc", acc, on_epoch=True, prog_bar=True, metric_attribute=f"mm_accuracy.{stage}_{dataloader_idx}"
         )
-        # what SubgroupMonitor reads for a fusion without subgroups
-        return {"loss": loss, "target": y, "unimodal_probs": u.detach().float().softmax(-1), "fused_probs": probs}
+        # what SubgroupMonitor reads: a step output without subgroups
+        return MultiModalStepOutput(
+            unimodal_logits=u.detach(),
+            unimodal_probs=u.detach().float().softmax(-1),
+            logits=logits.detach(),
+            probs=probs,
+            target=y,
+            modality_mask=None,
+            loss=loss,
+        )
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
         """``probs``, ``preds``, ``unimodal_probs`` (and for ``"mm"`` ``subgroup``, ``modality_weights``)."""

@@ -7,12 +7,15 @@ from lightning_mmloss.functional.fusion import (
     FusionOptions,
     FusionOutput,
     FusionSpec,
-    auxiliary_unimodal_loss,
-    cross_entropy_from_fused,
     multimodal_fuse,
     multimodal_logits,
-    multimodal_loss,
     normalized_proxies,
+)
+from lightning_mmloss.functional.losses import (
+    LossOptions,
+    auxiliary_unimodal_loss,
+    cross_entropy_from_fused,
+    multimodal_loss,
     unimodal_cross_entropy,
 )
 from lightning_mmloss.functional.metrics import modality_agreement, modality_reliability, subgroup_statistics
@@ -22,6 +25,7 @@ __all__ = [
     "FusionOptions",
     "FusionOutput",
     "FusionSpec",
+    "LossOptions",
     "auxiliary_unimodal_loss",
     "cross_entropy_from_fused",
     "modality_agreement",

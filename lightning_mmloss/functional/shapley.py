@@ -19,7 +19,7 @@ from lightning_mmloss.functional.fusion import (
     FusionSpec,
     UnimodalInput,
     _compute_dtype,
-    _fuse_raw,
+    _fuse,
     _options,
     _prepare,
 )
@@ -81,7 +81,7 @@ def _coalition_probs(
         if mask is not None:
             cm = cm & mask[None]
         uu = u[None].expand(S, B, *u.shape[1:]).reshape(S * B, *u.shape[1:])
-        o = _fuse_raw(uu, weight, cm.reshape(S * B, M), spec)[0].reshape(S, B, -1)
+        o = _fuse(uu, weight, cm.reshape(S * B, M), spec).logits.reshape(S, B, -1)
         if logit_scale is not None:
             o = o * logit_scale
         values.append(o.softmax(dim=-1).gather(2, cls.view(1, B, 1).expand(S, B, 1)).squeeze(2))
@@ -173,7 +173,7 @@ def _shapley(
         return u.new_zeros(0, M, dtype=_compute_dtype(u, weight))
     with torch.no_grad():
         if target_class is None:
-            cls = _fuse_raw(u, weight, mask, spec)[0].argmax(dim=-1)
+            cls = _fuse(u, weight, mask, spec).logits.argmax(dim=-1)
         else:
             cls = torch.as_tensor(target_class, device=u.device)
             if cls.is_floating_point() or cls.dtype == torch.bool:

@@ -239,9 +239,13 @@ def test_model_with_its_own_validation_step_and_a_compiled_loss(tmp_path: Path) 
     own = OwnSteps()
     train, val = loaders()
     monitor = SubgroupMonitor(print_summary=False, images_every_n_epochs=None, shapley=True)
-    trainer(tmp_path, max_epochs=1, callbacks=[monitor]).fit(own, train, val)
+    t = trainer(tmp_path, max_epochs=1, callbacks=[monitor])
+    t.fit(own, train, val)
+    assert float(own.mm_loss.temperature) != 1.0  # a model with its own steps is calibrated too
+    twin = _same(own)
+    twin.mm_loss.temperature.fill_(float(t.callback_metrics["val/temperature"]))  # the one that epoch used
     reference = SubgroupMonitor(print_summary=False, images_every_n_epochs=None, shapley=True)
-    trainer(tmp_path, callbacks=[reference]).validate(_same(own), val, verbose=False)
+    trainer(tmp_path, callbacks=[reference]).validate(twin, val, verbose=False)
     assert monitor.last_metrics.keys() == reference.last_metrics.keys()
     for k, v in reference.last_metrics.items():
         assert monitor.last_metrics[k] == pytest.approx(v, rel=1e-5, abs=1e-6), k

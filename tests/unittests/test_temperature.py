@@ -57,7 +57,7 @@ def test_loss_temperature_scales_analytics_not_training_loss() -> None:
     torch.testing.assert_close(crit.fused_logits(u), before.logits / 2)
     assert torch.equal(after.preds, before.preds)
     torch.testing.assert_close(crit(u, y), before_loss)  # training loss: raw fused logits
-    fusion, loss = crit._fuse_with_loss(u, y)
+    fusion, loss = crit.fuse_with_loss(u, y)
     torch.testing.assert_close(fusion.logits, before.logits / 2)
     torch.testing.assert_close(loss, before_loss)
     # Shapley values explain the calibrated probabilities: efficiency with v(all) at temperature 2
@@ -72,5 +72,22 @@ def test_state_dict_keeps_temperature_and_loads_old_checkpoints() -> None:
     other.load_state_dict(crit.state_dict())
     assert float(other.temperature) == pytest.approx(1.7)
     old = {k: v for k, v in crit.state_dict().items() if k != "temperature"}
-    other.load_state_dict(old)  # a checkpoint from before calibration existed
-    assert float(other.temperature) == 1.0
+    fresh = MultiModalLoss(3, 2, 2)
+    fresh.load_state_dict(old)  # a checkpoint from before calibration existed: uncalibrated
+    assert float(fresh.temperature) == 1.0
+    # a state without the temperature never resets a fitted one (issue 16)
+    other.load_state_dict(old)
+    assert float(other.temperature) == pytest.approx(1.7)
+    other.load_state_dict({"weight": crit.weight.detach() * 2}, strict=False)
+    assert float(other.temperature) == pytest.approx(1.7)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_load_refuses_a_temperature_that_is_not_positive_and_finite(bad: float) -> None:
+    crit = MultiModalLoss(3, 2, 2)
+    crit.temperature.fill_(1.7)
+    state = crit.state_dict()
+    state["temperature"] = torch.tensor(bad)
+    with pytest.raises(ValueError, match="temperature"):
+        crit.load_state_dict(state)
+    assert float(crit.temperature) == pytest.approx(1.7)  # refused before anything was copied
