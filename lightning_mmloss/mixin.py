@@ -13,7 +13,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_mmloss import _validation as V
+from lightning_mmloss.baselines import FUSIONS, BaselineFusion
 from lightning_mmloss.functional.fusion import UnimodalInput, _analytics, _fuse
+from lightning_mmloss.functional.losses import cross_entropy_from_fused
 from lightning_mmloss.loss import MultiModalLoss
 from lightning_mmloss.metrics.temperature import TemperatureFit
 from lightning_mmloss.step_output import MultiModalStepOutput
@@ -109,26 +112,37 @@ class MultiModalLossMixin:
         num_classes: int,
         proxies_per_class: int = 20,
         *,
-        calibrate: bool = True,
+        fusion: str = "mm",
+        calibrate: bool | None = None,
+        ogm_alpha: float = 0.1,
+        ogm_gaussian: bool = True,
         **loss_kwargs: Any,
-    ) -> MultiModalLoss:
-        """Create the loss (``self.mm_loss``) and the accuracy metrics.
+    ) -> nn.Module:
+        """Create the fusion (``self.mm_loss`` or ``self.mm_baseline``) and the accuracy metrics.
 
         Args:
             modalities: modality names (needed when :meth:`unimodal_logits` returns a mapping),
                 or their number.
             num_classes: number of classes ``C``.
-            proxies_per_class: ``K``, subgroups per class.
-            calibrate: fit the fused probabilities' temperature (``self.mm_loss.temperature``) on
-                the first validation dataloader at the end of every validation epoch of
-                ``trainer.fit`` (temperature scaling: the training data are fitted too well to
-                calibrate on). Predicted classes do not change; the probabilities of ``fuse``,
-                ``predict_step`` and the monitor do.
+            proxies_per_class: ``K``, subgroups per class (``fusion="mm"``).
+            fusion: ``"mm"`` (the MultiModal loss) or a baseline on the same heads: ``"late"``,
+                ``"sum"``, ``"concat"``, ``"ogm_ge"``, ``"independent"``
+                (:class:`~lightning_mmloss.baselines.BaselineFusion`).
+            calibrate: fit the fused probabilities' temperature on the first validation
+                dataloader at the end of every validation epoch of ``trainer.fit`` (temperature
+                scaling: the training data are fitted too well to calibrate on). Predicted
+                classes do not change; the probabilities of ``fuse``, ``predict_step`` and the
+                monitor do. Default: ``True`` for ``"mm"``, ``False`` for the baselines.
+            ogm_alpha: OGM-GE's ``alpha`` (``fusion="ogm_ge"``).
+            ogm_gaussian: OGM-GE's Gaussian enhancement, applied to the parameters that
+                :meth:`modality_parameters` names (``fusion="ogm_ge"``).
             loss_kwargs: any other :class:`~lightning_mmloss.MultiModalLoss` option (``aux_weight``,
-                ``gamma``, ``pooling``, ``class_weight``, ``ignore_index``, ``proxy_init``, ...).
+                ``gamma``, ``pooling``, ``class_weight``, ``ignore_index``, ``proxy_init``, ...);
+                the baselines take ``ignore_index`` only.
 
         Returns:
-            The created :class:`~lightning_mmloss.MultiModalLoss`.
+            The created :class:`~lightning_mmloss.MultiModalLoss` or
+            :class:`~lightning_mmloss.baselines.BaselineFusion`.
         """
         if not isinstance(self, LightningModule):
             raise TypeError(
@@ -143,17 +157,61 @@ class MultiModalLossMixin:
                 "(`class Net(MultiModalLossMixin, L.LightningModule)`), but LightningModule comes first, so its "
                 "steps would hide the mixin's."
             )
-        if loss_kwargs.get("reduction", "mean") != "mean":
+        self.mm_fusion = V.check_choice("fusion", fusion, FUSIONS)
+        M, names = V.check_modalities(modalities, "modalities")
+        if names is not None and "fused" in names:
             raise ValueError(
-                f"Expected no `reduction` other than 'mean' in the mixin, but got {loss_kwargs['reduction']!r}."
+                f"Expected argument `modalities` not to name a modality 'fused' (the monitor's name for the fusion's "
+                f"own metrics), but got {list(names)}; rename it."
             )
-        self.mm_loss = MultiModalLoss(num_classes, modalities, proxies_per_class, **loss_kwargs)
-        if not isinstance(calibrate, bool):
+        self.mm_modality_names, self.mm_num_classes = names, V.check_int("num_classes", num_classes, 2)
+        if calibrate is not None and not isinstance(calibrate, bool):
             raise TypeError(f"Expected argument `calibrate` to be a bool, but got {calibrate!r}.")
-        self.mm_temperature_fit = TemperatureFit(ignore_index=self.mm_loss.ignore_index) if calibrate else None
-        ignore = self.mm_loss.ignore_index
+        if not isinstance(ogm_gaussian, bool):
+            raise TypeError(f"Expected argument `ogm_gaussian` to be a bool, but got {ogm_gaussian!r}.")
+        self.mm_ogm_gaussian = ogm_gaussian
+        module: nn.Module
+        if fusion == "mm":
+            if loss_kwargs.get("reduction", "mean") != "mean":
+                raise ValueError(
+                    f"Expected no `reduction` other than 'mean' in the mixin, but got {loss_kwargs['reduction']!r}."
+                )
+            self.mm_loss = module = MultiModalLoss(num_classes, modalities, proxies_per_class, **loss_kwargs)
+            ignore = self.mm_loss.ignore_index
+        else:
+            unknown = sorted(k for k in loss_kwargs if k != "ignore_index")
+            if unknown:
+                raise ValueError(
+                    f"Expected no MultiModal-loss options with fusion={fusion!r}, but got {unknown}; the baselines "
+                    "take `ignore_index` only."
+                )
+            ignore = loss_kwargs.get("ignore_index", -100)
+            self.mm_baseline = module = BaselineFusion(fusion, num_classes, M, ignore, ogm_alpha)
+        self.mm_ignore_index = ignore
+        calibrate = fusion == "mm" if calibrate is None else calibrate
+        self.mm_temperature_fit = TemperatureFit(ignore_index=ignore) if calibrate else None
         self.mm_accuracy = _accuracies(num_classes, ignore)
-        return self.mm_loss
+        return module
+
+    @property
+    def mm_names(self) -> list[str]:
+        """The modality names (``"0"``, ``"1"``, ... when only their number was configured)."""
+        self._check_configured()
+        names = self.mm_modality_names
+        return list(names) if names else [str(i) for i in range(self._num_modalities())]
+
+    def _num_modalities(self) -> int:
+        if self.mm_fusion == "mm":
+            return self._mm_loss().num_modalities
+        return self.mm_baseline.num_modalities
+
+    def _check_configured(self) -> None:
+        if "mm_fusion" not in self.__dict__:
+            raise RuntimeError(_NOT_CONFIGURED)
+
+    def _temperature(self) -> Tensor:
+        """The fused probabilities' temperature buffer (the MultiModal loss's or the baseline's)."""
+        return self._mm_loss().temperature if self.mm_fusion == "mm" else self.mm_baseline.temperature
 
     # -- what the user provides (or overrides) ---------------------------------------------
     def unimodal_logits(self, batch: Any) -> UnimodalInput:
@@ -205,6 +263,14 @@ class MultiModalLossMixin:
         """Optional bool ``(B, M)`` mask of present modalities: ``batch["modality_mask"]`` if there."""
         return batch.get("modality_mask") if isinstance(batch, Mapping) else None
 
+    def modality_parameters(self) -> Mapping[str, Iterable[nn.Parameter]] | None:
+        """The parameters of each modality's head, for OGM-GE's Gaussian enhancement (``None``: not known).
+
+        Override it to return ``{name: head.parameters()}`` when ``fusion="ogm_ge"`` and
+        ``ogm_gaussian=True``; without it OGM-GE still modulates the gradients (at the logits).
+        """
+        return None
+
     def multimodal_param_groups(
         self,
         lr: float,
@@ -233,34 +299,56 @@ class MultiModalLossMixin:
 
     # -- steps ------------------------------------------------------------------------------
     def _mm_loss(self) -> MultiModalLoss:
+        self._check_configured()
         loss = self.__dict__.get("_modules", {}).get("mm_loss")
         # `self.mm_loss = torch.compile(self.mm_loss)` wraps it: calls go through the compiled
         # forward, attributes and the other methods through the wrapper to the module
         if not isinstance(getattr(loss, "_orig_mod", loss), MultiModalLoss):
-            raise RuntimeError(_NOT_CONFIGURED)
+            raise RuntimeError(
+                _NOT_CONFIGURED if self.mm_fusion == "mm" else f"fusion={self.mm_fusion!r} has no MultiModal loss."
+            )
         return loss  # type: ignore[return-value]
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """MultiModal loss (plus the auxiliary unimodal loss if configured), logged as ``train/loss``."""
+        """The fusion's training loss (plus :meth:`extra_loss`), logged as ``train/loss``."""
         self._check_automatic_optimization()
-        loss_fn = self._mm_loss()
-        u = loss_fn.stack_logits(self.unimodal_logits(batch))
-        target = self.get_target(batch)
-        mask = self.get_modality_mask(batch)
+        self._check_configured()
         log = self.log  # type: ignore[attr-defined]
-        n = u.shape[0]
-        if loss_fn.aux_weight:
-            loss, fused, aux = loss_fn(u, target, mask, return_terms=True)
-            log("train/fused_loss", fused, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
-            log("train/aux_loss", aux, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
+        if self.mm_fusion == "mm":
+            loss_fn = self._mm_loss()
+            u = loss_fn.stack_logits(self.unimodal_logits(batch))
+            n = u.shape[0]
+            target, mask = self.get_target(batch), self.get_modality_mask(batch)
+            if loss_fn.aux_weight:
+                loss, fused, aux = loss_fn(u, target, mask, return_terms=True)
+                log("train/fused_loss", fused, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
+                log("train/aux_loss", aux, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
+            else:
+                loss = loss_fn(u, target, mask)
         else:
-            loss = loss_fn(u, target, mask)
+            u, target, mask = self._checked_inputs(batch, with_target=True)
+            n = u.shape[0]
+            strategy = self.trainer.strategy  # type: ignore[attr-defined]
+            loss, _ = self.mm_baseline.loss(u, target, mask, reduce=lambda t: strategy.reduce(t, reduce_op="sum"))
+            if self.mm_fusion == "ogm_ge":
+                for name, k in zip(self.mm_names, self.mm_baseline.ogm_coefficients.tolist(), strict=True):
+                    log(f"train/ogm_coeff/{name}", k, on_step=False, on_epoch=True, batch_size=n)
         extra = self.extra_loss(batch, u)
         if extra is not None:
             log("train/extra_loss", extra, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
             loss = loss + extra
         log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=n)
         return loss
+
+    def _checked_inputs(self, batch: Any, with_target: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """``(u, target, mask)`` of a batch for a baseline fusion, checked as the MultiModal loss checks."""
+        names, M, C = self.mm_modality_names, self._num_modalities(), self.mm_num_classes
+        u = V.coerce_unimodal(self.unimodal_logits(batch), names, M)
+        V.check_unimodal_tensor(u, M, C)
+        mask = V.check_mask(self.get_modality_mask(batch), u.shape[0], M, u.device)
+        target = V.check_target_shape(self.get_target(batch), u.shape[0], u.device) if with_target else None
+        V.check_values(u, mask, "softmax", names, target, C, self.mm_ignore_index)
+        return u, target, mask
 
     def _check_automatic_optimization(self) -> None:
         if not self.automatic_optimization:  # type: ignore[attr-defined]
@@ -290,6 +378,9 @@ class MultiModalLossMixin:
                 self.log("val/my_loss", out.loss)
                 return out
         """
+        self._check_configured()
+        if self.mm_fusion != "mm":
+            return self._baseline_step(batch, with_target)
         loss_fn = self._mm_loss()
         u = loss_fn.stack_logits(self.unimodal_logits(batch))
         mask = self.get_modality_mask(batch)
@@ -311,6 +402,26 @@ class MultiModalLossMixin:
             modality_mask=mask,
             loss=loss,
             fusion=fusion,
+        )
+
+    def _baseline_step(self, batch: Any, with_target: bool) -> MultiModalStepOutput:
+        u, target, mask = self._checked_inputs(batch, with_target)
+        baseline = self.mm_baseline
+        logits = baseline.fused_logits(u, mask)
+        # the evaluation loss of every baseline: the cross-entropy of its fused logits
+        loss = None if target is None else cross_entropy_from_fused(logits, target, ignore_index=baseline.ignore_index)
+        p = u.detach().float().softmax(-1)
+        if mask is not None:
+            p = torch.where(mask[:, :, None], p, p.new_zeros(()))
+        logits = logits.detach()
+        return MultiModalStepOutput(
+            unimodal_logits=u.detach(),
+            unimodal_probs=p,
+            logits=logits,
+            probs=(logits / baseline.temperature.to(logits.dtype)).softmax(-1),
+            target=target,
+            modality_mask=mask,
+            loss=loss,
         )
 
     def step_output(self, outputs: Any, batch: Any) -> MultiModalStepOutput:
@@ -352,19 +463,15 @@ class MultiModalLossMixin:
         """Fused prediction with per-modality scores and analytics (no target needed).
 
         Returns:
-            ``probs`` ``(B, C)``, ``preds`` ``(B,)``, ``unimodal_probs`` ``(B, M, C)``,
-            ``subgroup`` ``(B,)`` and ``modality_weights`` ``(B, M)``.
+            ``probs`` ``(B, C)``, ``preds`` ``(B,)``, ``unimodal_probs`` ``(B, M, C)`` and, for
+            ``fusion="mm"``, ``subgroup`` ``(B,)`` and ``modality_weights`` ``(B, M)``.
         """
         with torch.no_grad():
             out = self.multimodal_step(batch, with_target=False)
-        assert out.fusion is not None
-        return {
-            "probs": out.probs,
-            "preds": out.preds,
-            "unimodal_probs": out.unimodal_probs,
-            "subgroup": out.fusion.subgroup,
-            "modality_weights": out.fusion.modality_weights,
-        }
+        pred = {"probs": out.probs, "preds": out.preds, "unimodal_probs": out.unimodal_probs}
+        if out.fusion is not None:
+            pred.update(subgroup=out.fusion.subgroup, modality_weights=out.fusion.modality_weights)
+        return pred
 
     def _accuracy(self, stage: str, dataloader_idx: int) -> MulticlassAccuracy:
         """The accuracy metric of one stage and dataloader (one per loader: never pooled across loaders)."""
@@ -376,6 +483,28 @@ class MultiModalLossMixin:
                 first.device
             )
         return accs[key]  # type: ignore[return-value]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """OGM-GE's Gaussian enhancement: noise of each modulated head's own gradient scale, the same on every rank."""
+        super().on_before_optimizer_step(optimizer)  # type: ignore[misc]
+        if self.__dict__.get("mm_fusion") != "ogm_ge" or not self.mm_ogm_gaussian:
+            return
+        coeff = getattr(self.mm_baseline, "ogm_coefficients", None)
+        groups = self.modality_parameters()
+        if coeff is None or groups is None:
+            return
+        step = self.global_step  # type: ignore[attr-defined]
+        for m, (name, k) in enumerate(zip(self.mm_names, coeff.tolist(), strict=True)):
+            if k >= 1:  # only the modalities whose gradients were damped
+                continue
+            for j, param in enumerate(groups[name]):
+                if param.grad is None or param.grad.numel() < 2:
+                    continue
+                # seeded by step, modality and parameter: every process draws the same noise
+                g = torch.Generator(device=param.grad.device)
+                g.manual_seed(1_000_003 * step + 1009 * m + j)
+                noise = torch.randn(param.grad.shape, generator=g, device=param.grad.device, dtype=param.grad.dtype)
+                param.grad.add_(noise * param.grad.std())
 
     # -- calibration ------------------------------------------------------------------------
     def _calibrating(self, dataloader_idx: int = 0) -> bool:
@@ -403,10 +532,10 @@ class MultiModalLossMixin:
         fit = getattr(self, "mm_temperature_fit", None)
         if fit is None or not self._calibrating() or not fit.update_called:
             return
-        loss = self._mm_loss()
-        self.log("val/temperature", loss.temperature.detach().clone(), on_epoch=True)  # type: ignore[attr-defined]
+        current = self._temperature()
+        self.log("val/temperature", current.detach().clone(), on_epoch=True)  # type: ignore[attr-defined]
         temperature = fit.compute()  # synchronised over processes: every rank sets the same value
-        loss.temperature.fill_(float(temperature))
+        current.fill_(float(temperature))
         fit.reset()
 
     def calibrate_temperature(self, dataloader: Iterable[Any]) -> float:
@@ -420,14 +549,14 @@ class MultiModalLossMixin:
 
             temperature = net.calibrate_temperature(calibration_loader)
         """
-        loss = self._mm_loss()
-        fit = TemperatureFit(ignore_index=loss.ignore_index).to(loss.temperature.device)
+        current = self._temperature()
+        fit = TemperatureFit(ignore_index=self.mm_ignore_index).to(current.device)
         was_training = self.training  # type: ignore[attr-defined]
         self.eval()  # type: ignore[attr-defined]
         try:
             with torch.no_grad():
                 for batch in dataloader:
-                    out = self.multimodal_step(move_data_to_device(batch, loss.temperature.device))
+                    out = self.multimodal_step(move_data_to_device(batch, current.device))
                     assert out.target is not None
                     fit.update(out.logits, out.target)
         finally:
@@ -435,12 +564,21 @@ class MultiModalLossMixin:
         if not fit.update_called:
             raise ValueError("Expected argument `dataloader` to yield at least one batch, but it yielded none.")
         temperature = float(fit.compute())
-        loss.temperature.fill_(temperature)
+        current.fill_(temperature)
         return temperature
 
     def on_train_start(self) -> None:
         """Warn once when the proxies are trainable but in no optimizer (they would never move)."""
         super().on_train_start()  # type: ignore[misc]
+        self._check_configured()
+        if self.mm_fusion == "ogm_ge" and self.mm_ogm_gaussian and self.modality_parameters() is None:
+            rank_zero_warn(
+                "OGM-GE's Gaussian enhancement needs each head's parameters: override `modality_parameters()` to "
+                "return {name: head.parameters()} (the gradient modulation itself applies without it), or pass "
+                "`ogm_gaussian=False` to `configure_multimodal`."
+            )
+        if self.mm_fusion != "mm":
+            return
         loss = self._mm_loss()
         trainer = self.trainer  # type: ignore[attr-defined]
         in_optim = {id(p) for opt in trainer.optimizers for g in opt.param_groups for p in g["params"]}

@@ -17,6 +17,7 @@ from typing_extensions import override
 from lightning_mmloss import _validation as V
 from lightning_mmloss.functional.fusion import FusionOutput
 from lightning_mmloss.functional.metrics import AGREEMENT_RATES, RELIABILITY_METRICS
+from lightning_mmloss.functional.shapley import MAX_SHAPLEY_MODALITIES
 from lightning_mmloss.loss import MultiModalLoss
 from lightning_mmloss.metrics import ModalityAgreement, ModalityReliability, SubgroupStatistics
 from lightning_mmloss.metrics._base import _AdditiveStateMetric
@@ -77,8 +78,9 @@ class SubgroupMonitor(Callback):
     validation/test steps of :class:`~lightning_mmloss.MultiModalLossMixin` return, or what the
     mixin's :meth:`~lightning_mmloss.MultiModalLossMixin.step_output` builds for a step of your own
     (one more pass of the heads per batch, unless your step returns ``self.multimodal_step(batch)``).
-    Instances whose target is ``ignore_index`` are left out. A step output without subgroups (a
-    baseline fusion) gets the reliability and agreement part only.
+    Instances whose target is ``ignore_index`` are left out. Every fusion of
+    ``configure_multimodal(fusion=...)`` gets per-modality reliability and agreement; subgroups
+    and Shapley values need the MultiModal loss (``fusion="mm"``).
 
     Args:
         every_n_epochs: run on validation epochs ``0, n, 2n, ...``.
@@ -151,23 +153,27 @@ class SubgroupMonitor(Callback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        loss = getattr(pl_module, "mm_loss", None)
-        loss = getattr(loss, "_orig_mod", loss)
-        if isinstance(loss, MultiModalLoss):
-            names = list(loss.modality_names) if loss.modality_names else [str(i) for i in range(loss.num_modalities)]
-            num_classes, ignore_index = loss.num_classes, loss.ignore_index
-        elif isinstance(getattr(pl_module, "modality_names", None), list) and isinstance(
-            getattr(pl_module, "num_classes", None), int
-        ):
-            # a model with another fusion (e.g. MultiModalClassifier(fusion="sum")): reliability and
-            # agreement only, from the 'unimodal_probs' and 'fused_probs' its steps return
-            names, num_classes, ignore_index, loss = list(pl_module.modality_names), pl_module.num_classes, -100, None
-            if self.shapley:
-                raise ValueError("Expected `shapley=False` for a model without the MultiModal loss, but got True.")
-        else:
-            self._loss_of(pl_module)  # raises with what to fix
+        from lightning_mmloss.mixin import MultiModalLossMixin
+
+        if not isinstance(pl_module, MultiModalLossMixin) or "mm_fusion" not in pl_module.__dict__:
+            raise RuntimeError(
+                f"SubgroupMonitor needs a model built with MultiModalLossMixin and configured with "
+                f"`self.configure_multimodal(...)`, but {type(pl_module).__name__} is not."
+            )
+        names, num_classes = pl_module.mm_names, pl_module.mm_num_classes
+        loss = self._loss_of(pl_module) if pl_module.mm_fusion == "mm" else None
+        if loss is None and self.shapley:
+            raise ValueError(
+                f"Expected `shapley=False` for fusion={pl_module.mm_fusion!r} (Shapley values re-fuse with the "
+                "MultiModal loss), but got True."
+            )
+        if self.shapley and len(names) > MAX_SHAPLEY_MODALITIES:
+            raise ValueError(
+                f"Expected at most {MAX_SHAPLEY_MODALITIES} modalities with `shapley=True` (exact Shapley values "
+                f"re-fuse 2^M coalitions), but the model has {len(names)}; pass `shapley=False`."
+            )
         self._names = names
-        self._ignore_index = ignore_index
+        self._ignore_index = pl_module.mm_ignore_index
         self._has_subgroups = loss is not None
         self._num_classes = num_classes
         self._proxies_per_class = None if loss is None else loss.proxies_per_class

@@ -7,14 +7,13 @@ from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lightning_mmloss import _validation as V
 from lightning_mmloss.loss import PAPER_OPTIONS
-from lightning_mmloss.mixin import MultiModalLossMixin, _accuracies
-from lightning_mmloss.step_output import MultiModalStepOutput
+from lightning_mmloss.mixin import MultiModalLossMixin
 
+# the names of lightning_mmloss.baselines.FUSIONS, in the order compare runs them
 FUSIONS = ("mm", "sum", "concat", "late", "ogm_ge", "independent")
 RECIPES = ("default", "paper")
 
@@ -30,9 +29,11 @@ def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
 
 
 class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
-    """One MLP head per modality and one of five fusions, trained with Lightning.
+    """One MLP head per modality and one of six fusions, trained with Lightning.
 
-    Fusions (the heads are the same in all; only how they are combined and trained differs):
+    A thin user of :class:`~lightning_mmloss.MultiModalLossMixin`: the heads, and
+    ``configure_multimodal(..., fusion=...)``, whose fusions are (the heads are the same in all;
+    only how they are combined and trained differs; :mod:`lightning_mmloss.baselines`):
 
     - ``"mm"``: the MultiModal loss (:class:`~lightning_mmloss.MultiModalLoss`);
     - ``"sum"``: cross-entropy on the sum of the unimodal probabilities (used as logits);
@@ -43,10 +44,11 @@ class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
     - ``"ogm_ge"``: the mean of the unimodal logits, trained with on-the-fly gradient
       modulation and Gaussian enhancement (Peng et al., CVPR 2022): per batch, each modality's
       score ``s_m = sum_i softmax(u_m)[i, y_i]`` (summed over all processes), its ratio
-      ``rho_m = s_m / mean of the others' s``; a modality with ``rho_m > 1`` gets its heads'
-      gradients multiplied by ``1 - tanh(ogm_alpha * rho_m)`` in ``on_before_optimizer_step``
-      (after AMP unscaling), and with ``ogm_gaussian`` Gaussian noise of the gradient's own
-      standard deviation added (the same noise on every process).
+      ``rho_m = s_m / mean of the others' s``; a modality with ``rho_m > 1`` gets its gradient
+      multiplied by ``1 - tanh(ogm_alpha * rho_m)`` (at its logits, i.e. its head's parameter
+      gradients), and with ``ogm_gaussian`` Gaussian noise of the head gradient's own standard
+      deviation added in ``on_before_optimizer_step`` (after AMP unscaling; the same noise on
+      every process).
 
     Batches are dicts with one tensor per modality and ``target``.
 
@@ -100,7 +102,7 @@ class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
     ) -> None:
         super().__init__()
         self.fusion = V.check_choice("fusion", fusion, FUSIONS)
-        M, names = V.check_modalities(list(modalities))
+        _, names = V.check_modalities(list(modalities))
         assert names is not None
         missing = [m for m in names if m not in input_dims]
         if missing:
@@ -112,25 +114,24 @@ class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
         self.num_classes = V.check_int("num_classes", num_classes, 2)
         hidden = [64] if hidden is None else list(hidden)
         self.heads = nn.ModuleDict({m: mlp(int(input_dims[m]), hidden, num_classes) for m in names})
+        options: dict[str, Any] = {}
         if self.fusion == "mm":
             paper = V.check_choice("recipe", recipe, RECIPES) == "paper"
-            options: dict[str, Any] = dict(PAPER_OPTIONS) if paper else {}
+            options = {**(PAPER_OPTIONS if paper else {}), "gamma": gamma}
             if aux_weight is not None:
                 options["aux_weight"] = aux_weight
             options.update(loss_options or {})
-            self.configure_multimodal(
-                list(names),
-                num_classes,
-                proxies_per_class,
-                gamma=gamma,
-                calibrate=(not paper) if calibrate is None else calibrate,
-                **options,
-            )
-        else:
-            self.mm_accuracy = _accuracies(num_classes)
-        if self.fusion == "concat":
-            self.fuser = nn.Linear(M * num_classes, num_classes)
-        self._ogm_coeff: Tensor | None = None
+            calibrate = (not paper) if calibrate is None else calibrate
+        self.configure_multimodal(
+            list(names),
+            num_classes,
+            proxies_per_class,
+            fusion=self.fusion,
+            calibrate=calibrate,
+            ogm_alpha=ogm_alpha,
+            ogm_gaussian=ogm_gaussian,
+            **options,
+        )
 
     # -- forward pieces ---------------------------------------------------------------------
     def unimodal_logits(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -142,100 +143,14 @@ class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
         return torch.stack([self.heads[m](batch[m]) for m in self.modality_names], dim=1)
 
     def fused_logits(self, u: Tensor) -> Tensor:
-        """Fused logits ``(B, C)`` from unimodal logits ``(B, M, C)`` for the configured fusion."""
+        """Calibrated fused logits ``(B, C)`` from unimodal logits ``(B, M, C)`` for the configured fusion."""
         if self.fusion == "mm":
             return self.mm_loss.fused_logits(u)
-        if self.fusion == "sum":
-            return u.float().softmax(-1).sum(dim=1)
-        if self.fusion == "concat":
-            return self.fuser(u.softmax(-1).flatten(1))
-        return u.float().mean(dim=1)  # late, ogm_ge, independent
+        return self.mm_baseline.fused_logits(u) / self.mm_baseline.temperature
 
-    # -- training ---------------------------------------------------------------------------
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        """The fusion's loss; for ``"mm"`` the mixin's step."""
-        if self.fusion == "mm":
-            return super().training_step(batch, batch_idx)
-        u = self.stacked_logits(batch)
-        y = self.get_target(batch)
-        loss = u.new_zeros(()) if self.fusion == "independent" else F.cross_entropy(self.fused_logits(u).float(), y)
-        if self.fusion in ("late", "independent"):  # independent: each head alone on its own cross-entropy
-            loss = loss + F.cross_entropy(u.float().flatten(0, 1), y.repeat_interleave(u.shape[1]))
-        if self.fusion == "ogm_ge":
-            self._ogm_coeff = self._ogm_coefficients(u.detach(), y)
-            for m, k in zip(self.modality_names, self._ogm_coeff.tolist(), strict=True):
-                self.log(f"train/ogm_coeff/{m}", k, on_step=False, on_epoch=True, batch_size=len(y))
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
-        return loss
-
-    def _ogm_coefficients(self, u: Tensor, y: Tensor) -> Tensor:
-        """``k_m = 1 - tanh(alpha * rho_m)`` where ``rho_m > 1``, else 1 (scores summed over processes)."""
-        p = u.float().softmax(-1)
-        score = p.gather(2, y.view(-1, 1, 1).expand(-1, p.shape[1], 1)).squeeze(2).sum(dim=0)  # (M,)
-        score = self.trainer.strategy.reduce(score, reduce_op="sum")
-        M = score.shape[0]
-        others = (score.sum() - score) / max(M - 1, 1)
-        rho = score / others.clamp_min(1e-12)
-        alpha = float(self.hparams["ogm_alpha"])
-        return torch.where(rho > 1, 1 - torch.tanh(alpha * rho), torch.ones_like(rho))
-
-    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """OGM-GE: scale (and perturb) the dominant modalities' head gradients, identically on all ranks."""
-        if self.fusion != "ogm_ge" or self._ogm_coeff is None:
-            return
-        for m, (name, k) in enumerate(zip(self.modality_names, self._ogm_coeff.tolist(), strict=True)):
-            if k >= 1:
-                continue
-            for j, param in enumerate(self.heads[name].parameters()):
-                if param.grad is None:
-                    continue
-                param.grad.mul_(k)
-                if self.hparams["ogm_gaussian"] and param.grad.numel() > 1:
-                    # seeded by step, modality and parameter: every process draws the same noise
-                    g = torch.Generator(device=param.grad.device)
-                    g.manual_seed(1_000_003 * self.global_step + 1009 * m + j)
-                    noise = torch.randn(param.grad.shape, generator=g, device=param.grad.device)
-                    param.grad.add_(noise * param.grad.std())
-
-    def on_train_start(self) -> None:
-        """The mixin's check that the proxies are optimised applies to ``"mm"`` only."""
-        if self.fusion == "mm":
-            super().on_train_start()
-
-    # -- evaluation -------------------------------------------------------------------------
-    def _evaluate(self, batch: Any, stage: str, dataloader_idx: int = 0) -> MultiModalStepOutput:
-        if self.fusion == "mm":
-            return super()._evaluate(batch, stage, dataloader_idx)
-        u = self.stacked_logits(batch)
-        y = self.get_target(batch)
-        logits = self.fused_logits(u).float()
-        loss = F.cross_entropy(logits, y)
-        probs = logits.detach().softmax(-1)
-        acc = self._accuracy(stage, dataloader_idx)
-        acc(logits.argmax(-1), y)
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True, batch_size=len(y))
-        self.log(
-            f"{stage}/acc", acc, on_epoch=True, prog_bar=True, metric_attribute=f"mm_accuracy.{stage}_{dataloader_idx}"
-        )
-        # what SubgroupMonitor reads: a step output without subgroups
-        return MultiModalStepOutput(
-            unimodal_logits=u.detach(),
-            unimodal_probs=u.detach().float().softmax(-1),
-            logits=logits.detach(),
-            probs=probs,
-            target=y,
-            modality_mask=None,
-            loss=loss,
-        )
-
-    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        """``probs``, ``preds``, ``unimodal_probs`` (and for ``"mm"`` ``subgroup``, ``modality_weights``)."""
-        if self.fusion == "mm":
-            return super().predict_step(batch, batch_idx, dataloader_idx)
-        with torch.no_grad():
-            u = self.stacked_logits(batch)
-            probs = self.fused_logits(u).float().softmax(-1)
-        return {"probs": probs, "preds": probs.argmax(-1), "unimodal_probs": u.float().softmax(-1)}
+    def modality_parameters(self) -> dict[str, Any]:
+        """Each head's parameters (OGM-GE's Gaussian enhancement)."""
+        return {m: list(head.parameters()) for m, head in self.heads.items()}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam on every parameter (the proxies included)."""

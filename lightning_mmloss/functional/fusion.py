@@ -246,6 +246,9 @@ class _Raw(NamedTuple):
         attention: ``A`` ``(B, C, K)``.
         attended: attended proxy ``a = A @ P`` ``(B, M*C)``; ``None`` with ``attention=False``.
         scores: the (masked) unimodal scores ``p`` ``(B, M, C)``.
+        inputs: the unimodal logits the fusion read, ``(B, M, C)``, differentiable: from the
+            fused path a view of its contiguous batch-last copy ``(M, C, B)`` (the auxiliary
+            term takes its cross-entropy in that layout without a second copy).
     """
 
     logits: Tensor
@@ -253,12 +256,14 @@ class _Raw(NamedTuple):
     attention: Tensor | None = None
     attended: Tensor | None = None
     scores: Tensor | None = None
+    inputs: Tensor | None = None
 
 
 def _fuse_composite(u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, analytics: bool) -> _Raw:
     """The fusion as written in ``shared/design/loss.md``, in differentiable torch ops."""
     B, M, C = u.shape
     K = spec.proxies_per_class
+    u_in = u
     present = None if mask is None else mask[:, :, None]
     if present is not None:  # absent entries may be NaN: keep them out of every backward formula
         u = torch.where(present, u, u.new_zeros(()))
@@ -276,14 +281,14 @@ def _fuse_composite(u: Tensor, weight: Tensor, mask: Tensor | None, spec: Fusion
     h = p.sum(dim=1) if a is None else (z + a * z).view(B, M, C).sum(dim=1)  # sum_m (1 + a_m) p_m
     o = h + spec.gamma * s
     if not analytics:
-        return _Raw(o)
-    return _Raw(o, T.detach(), A.detach(), None if a is None else a.detach(), p.detach())
+        return _Raw(o, inputs=u_in)
+    return _Raw(o, T.detach(), A.detach(), None if a is None else a.detach(), p.detach(), u_in)
 
 
 class _FusionFunction(torch.autograd.Function):
     """:func:`_fuse_composite` for unit-norm proxies, with a hand-written backward, batch last.
 
-    Takes the unimodal logits ``(B, M, C)`` and returns the fused logits as a contiguous
+    Takes the unimodal logits batch last, a contiguous ``(M, C, B)``, and returns the fused logits as a contiguous
     ``(C, B)`` tensor; with ``analytics=True`` also, non-differentiable and batch last, ``S/gamma``
     ``(C, K, B)``, ``A`` ``(C*K, B)``, ``a`` ``(M*C, B)`` (empty without attention) and ``p``
     ``(M, C, B)``.
@@ -298,11 +303,10 @@ class _FusionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any, u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, analytics: bool
+        ctx: Any, uT: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, analytics: bool
     ) -> Tensor | tuple[Tensor, ...]:
-        B, M, C = u.shape
+        M, C, B = uT.shape
         K, g = spec.proxies_per_class, spec.gamma
-        uT = u.permute(1, 2, 0).contiguous()  # (M, C, B): the one copy of the input
         maskT = None if mask is None else mask.t()[:, None, :]  # (M, 1, B), any input layout
         # identity: a clone, so that the returned scores never alias the input
         p = uT.softmax(dim=1) if spec.activation == "softmax" else uT.clone()
@@ -395,7 +399,7 @@ class _FusionFunction(torch.autograd.Function):
                 if spec.activation == "softmax":  # p * (dp - sum_c p dp)
                     pdp = p * dp
                     dp = pdp.addcmul_(p, pdp.sum(dim=1, keepdim=True), value=-1)
-                grad_u = dp.permute(2, 0, 1)  # (B, M, C), a view
+                grad_u = dp  # (M, C, B), the layout of the input
             if ctx.needs_input_grad[1]:
                 grad_w = _proxy_grad(dT2, E, da, zg, P, inv_n, weight)
         return grad_u, grad_w, None, None, None
@@ -434,12 +438,15 @@ def _fuse(u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, anal
         u, weight = u.to(dtype), weight.to(dtype)
         if not _uses_fused_path(spec):
             return _fuse_composite(u, weight, mask, spec, analytics)
-        out = _FusionFunction.apply(u, weight, mask, spec, analytics)
+        uT = u.permute(1, 2, 0).contiguous()  # (M, C, B): the one copy of the input
+        out = _FusionFunction.apply(uT, weight, mask, spec, analytics)
+    inputs = uT.permute(2, 0, 1)
     if not analytics:
-        return _Raw(out.t())
+        return _Raw(out.t(), inputs=inputs)
     o, T, A, a, p = out
     B, C, K = o.shape[1], spec.num_classes, spec.proxies_per_class
-    return _Raw(o.t(), T.permute(2, 0, 1), A.t().view(B, C, K), a.t() if a.numel() else None, p.permute(2, 0, 1))
+    a_bf = a.t() if a.numel() else None
+    return _Raw(o.t(), T.permute(2, 0, 1), A.t().view(B, C, K), a_bf, p.permute(2, 0, 1), inputs)
 
 
 def _analytics(raw: _Raw, spec: FusionSpec, temperature: Tensor | None = None) -> FusionOutput:

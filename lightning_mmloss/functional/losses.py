@@ -150,14 +150,25 @@ def unimodal_cross_entropy(
             u = torch.where(present, u, u.new_zeros(()) if activation == "softmax" else u.new_ones(()))
         if activation == "identity":  # scores: the log of the normalised scores plays the logits' role
             u = u.clamp_min(torch.finfo(u.dtype).tiny).log()
-        # every (instance, head) pair at once; ignored targets give 0
-        ce = F.cross_entropy(
-            u.reshape(B * M, C),
-            target.long().repeat_interleave(M),
-            ignore_index=ignore_index,
-            reduction="none",
-            label_smoothing=label_smoothing,
-        ).view(B, M)
+        # every (instance, head) pair at once; ignored targets give 0. A (B, M, C) view of a
+        # contiguous (M, C, B) (the fused path's copy) is taken in the spatial form, without a copy
+        target = target.long()
+        if B > 1 and u.permute(1, 2, 0).is_contiguous():
+            ce = F.cross_entropy(
+                u.permute(1, 2, 0),
+                target.expand(M, B),
+                ignore_index=ignore_index,
+                reduction="none",
+                label_smoothing=label_smoothing,
+            ).t()
+        else:
+            ce = F.cross_entropy(
+                u.reshape(B * M, C),
+                target.repeat_interleave(M),
+                ignore_index=ignore_index,
+                reduction="none",
+                label_smoothing=label_smoothing,
+            ).view(B, M)
         if modality_mask is None:
             return ce.mean(dim=1)
         keep = modality_mask.to(ce.dtype)
@@ -243,7 +254,7 @@ def _loss(
     if not (options.aux_weight or terms):
         return fused, fused, None, raw
     aux = auxiliary_unimodal_loss(
-        u,
+        u if raw.inputs is None else raw.inputs,  # the same values, in the fusion's layout
         target,
         modality_mask=mask,
         activation=spec.activation,

@@ -42,14 +42,18 @@ def test_ogm_ge_scales_the_dominant_modality(tmp_path: Path) -> None:
     t.fit(model, dm)
     k = {m: float(t.callback_metrics[f"train/ogm_coeff/{m}"]) for m in dm.modalities}
     assert k["m1"] < 0.9 and k["m2"] == 1.0 and k["m3"] == 1.0, k  # only the informative head is slowed
-    # the modulation itself: gradients of m1's head scaled by k, the others untouched
-    model._ogm_coeff = torch.tensor([0.5, 1.0, 1.0])
-    model.hparams["ogm_gaussian"] = False
-    for p in model.parameters():
-        p.grad = torch.ones_like(p)
-    model.on_before_optimizer_step(None)
-    assert all(torch.all(p.grad == 0.5) for p in model.heads["m1"].parameters())
-    assert all(torch.all(p.grad == 1.0) for p in model.heads["m2"].parameters())
+    # the modulation itself: the gradient reaching each modality's logits (so its head's
+    # parameters) is its plain cross-entropy gradient times its coefficient
+    batch = next(iter(dm.train_dataloader()))
+    fusion = model.mm_baseline
+    u = model.stacked_logits(batch).detach().requires_grad_(True)
+    loss, _ = fusion.loss(u, batch["target"])
+    loss.backward()
+    k = fusion.ogm_coefficients
+    assert float(k[0]) < 1.0 and torch.all(k[1:] == 1.0), k
+    plain = u.detach().clone().requires_grad_(True)
+    torch.nn.functional.cross_entropy(fusion.fused_logits(plain), batch["target"]).backward()
+    torch.testing.assert_close(u.grad, plain.grad * k.view(1, -1, 1))
 
 
 def test_compare_smoke(tmp_path: Path) -> None:

@@ -58,7 +58,7 @@ def test_a_transposed_mask_at_a_large_even_batch() -> None:
     transposed = mask.t().contiguous().t()
     assert not transposed.is_contiguous()
     for a, b in zip(_loss_and_grads(crit, u, y, transposed), _loss_and_grads(crit, u, y, mask), strict=True):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)  # sums may run in another order
     torch.testing.assert_close(crit.fuse(u, transposed).logits, crit.fuse(u, mask).logits, rtol=0, atol=0)
 
 
