@@ -34,6 +34,22 @@ def check_int(name: str, value: Any, minimum: int) -> int:
     return value
 
 
+def check_bool(name: str, value: Any) -> bool:
+    """``value`` if it is a bool (``"no"`` and ``1`` are not)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"Expected argument `{name}` to be a bool, but got {type(value).__name__} {value!r}.")
+    return value
+
+
+def check_ignore_index(value: Any, optional: bool = True) -> int | None:
+    """``ignore_index`` as an int (``None`` allowed where ``optional``); ``1.9`` or ``True`` are refused."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Expected argument `ignore_index` to be an int, but got {type(value).__name__} {value!r}.")
+    return value
+
+
 def check_nonnegative(name: str, value: Any) -> float:
     """A finite real number ``>= 0`` (not a bool)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:

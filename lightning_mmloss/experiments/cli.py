@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,13 +56,36 @@ class PredictionFileWriter(BasePredictionWriter):
         print(f"wrote {self.path} ({', '.join(f'{k} {tuple(v.shape)}' for k, v in out.items())})")
 
 
+#: What a data module tells the model (``modalities``, ``input_dims``, ``num_classes``), where the
+#: model's ``__init__`` takes an argument of that name (docs/cli.md: the data-module contract).
+LINKED = ("modalities", "input_dims", "num_classes")
+
+
+def import_class(path: str, what: str) -> type:
+    """The class at ``package.module.Class`` (LightningCLI's ``class_path``), with an error that says what failed."""
+    module_name, _, name = path.rpartition(".")
+    if not module_name:
+        raise SystemExit(f"lightning-mmloss: {what} {path!r} is not a class path; give package.module.Class")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise SystemExit(f"lightning-mmloss: cannot import {what} {path!r}: {err}") from err
+    if not isinstance(cls, type):
+        raise SystemExit(f"lightning-mmloss: {what} {path!r} is not a class")
+    return cls
+
+
+def init_parameters(cls: type) -> set[str]:
+    """Names of the keyword arguments ``cls(...)`` takes."""
+    return set(inspect.signature(cls.__init__).parameters) - {"self", "args", "kwargs"}
+
+
 class MultiModalCLI(LightningCLI):
     """LightningCLI that takes the model's modalities, input sizes and classes from the data module."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:  # noqa: D102
-        parser.link_arguments("data.modalities", "model.modalities", apply_on="instantiate")
-        parser.link_arguments("data.input_dims", "model.input_dims", apply_on="instantiate")
-        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        for name in sorted(init_parameters(self.model_class) & set(LINKED)):
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
     def before_predict(self) -> None:
         """``predict`` writes its output to a file, not only to the return value nobody sees."""
@@ -87,14 +112,33 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         compare_main(args[1:])
         return
+    model_class, rest = _model_class(args)
+    if argv is None and rest != args:  # LightningCLI reads sys.argv itself: without --model there too
+        sys.argv = [sys.argv[0], *rest]
     MultiModalCLI(
-        MultiModalClassifier,
+        model_class,
         L.LightningDataModule,
         subclass_mode_data=True,
         # from the console LightningCLI reads sys.argv itself (passing `args` then warns on every call)
-        args=None if argv is None else args,
+        args=None if argv is None else rest,
         save_config_kwargs={"overwrite": True},
     )
+
+
+def _model_class(args: list[str]) -> tuple[type, list[str]]:
+    """``--model package.module.Class`` (a model of your own) taken out of ``args``; default MultiModalClassifier."""
+    for i, arg in enumerate(args):
+        if arg == "--model" and i + 1 < len(args):
+            path, rest = args[i + 1], args[:i] + args[i + 2 :]
+        elif arg.startswith("--model="):
+            path, rest = arg.split("=", 1)[1], args[:i] + args[i + 1 :]
+        else:
+            continue
+        cls = import_class(path, "--model")
+        if not issubclass(cls, L.LightningModule):
+            raise SystemExit(f"lightning-mmloss: --model {path!r} is not a LightningModule")
+        return cls, rest
+    return MultiModalClassifier, args
 
 
 if __name__ == "__main__":

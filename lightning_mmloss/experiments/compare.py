@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import logging
 import math
 import statistics
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from lightning_mmloss.callbacks import SubgroupMonitor
 from lightning_mmloss.experiments.classifier import FUSIONS, MultiModalClassifier
+from lightning_mmloss.experiments.cli import LINKED, import_class, init_parameters
 from lightning_mmloss.experiments.data import (
     MultiviewDataset,
     SyntheticMultimodalDataModule,
@@ -30,6 +32,7 @@ from lightning_mmloss.experiments.data import (
 )
 from lightning_mmloss.experiments.data.synthetic import PRESETS, SCENARIOS
 from lightning_mmloss.functional import modality_reliability
+from lightning_mmloss.mixin import MultiModalLossMixin
 
 DEFAULT_EPOCHS = {"synthetic": 60, "uci-mfeat": 60}
 
@@ -134,6 +137,11 @@ def _candidate_attributions(model: MultiModalClassifier, u: Tensor, out: Any) ->
 
 
 def _datamodule(args: argparse.Namespace, seed: int) -> L.LightningDataModule:
+    if args.data_class is not None:  # a data module of the user's: LightningCLI-style init args
+        kwargs = dict(args.data_args)
+        if "seed" in init_parameters(args.data_class) and "seed" not in kwargs:
+            kwargs["seed"] = seed
+        return args.data_class(**kwargs)
     if args.data == "synthetic":
         return SyntheticMultimodalDataModule(
             args.scenario, preset=args.preset, batch_size=args.batch_size, seed=seed, num_classes=args.classes
@@ -148,19 +156,8 @@ def run_one(args: argparse.Namespace, fusion: str, seed: int, output: Path) -> d
     L.seed_everything(seed, verbose=False)
     dm = _datamodule(args, seed)
     dm.setup("fit")
-    model = MultiModalClassifier(
-        dm.modalities,
-        dm.input_dims,
-        dm.num_classes,
-        fusion=fusion,
-        hidden=args.hidden,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        proxies_per_class=args.proxies,
-        gamma=args.gamma,
-        recipe=args.recipe,
-        aux_weight=args.aux_weight,
-    )
+    user = args.model_class is not None or args.data_class is not None
+    model = _model(args, dm, fusion) if args.model_class is not None else _classifier(args, dm, fusion)
     trainer = L.Trainer(
         max_epochs=args.epochs,
         accelerator=args.accelerator,
@@ -178,8 +175,80 @@ def run_one(args: argparse.Namespace, fusion: str, seed: int, output: Path) -> d
     trainer.fit(model, dm)
     seconds = time.perf_counter() - start
     row: dict[str, Any] = {"fusion": fusion, "seed": seed}
-    row.update(evaluate(model, dm.splits["test"]))
+    row.update(evaluate_on_test(trainer, model, dm) if user else evaluate(model, dm.splits["test"]))
     row["train_seconds"] = seconds
+    return row
+
+
+def _require(dm: L.LightningDataModule, names: Sequence[str]) -> dict[str, Any]:
+    """The data module's contract attributes ``names`` (after ``setup``), with an error naming what is missing."""
+    missing = [n for n in names if getattr(dm, n, None) is None]
+    if missing:
+        raise SystemExit(
+            f"lightning-mmloss compare: the data module {type(dm).__name__} has no {missing} after setup(); "
+            "compare needs `modalities` (list of names), `num_classes` (int) and, for the built-in model, "
+            "`input_dims` ({name: features}) (docs/cli.md)"
+        )
+    return {n: getattr(dm, n) for n in names}
+
+
+def _model(args: argparse.Namespace, dm: L.LightningDataModule, fusion: str) -> L.LightningModule:
+    """The user's model: its init args, ``fusion``, and what the data module tells it (:data:`LINKED`)."""
+    params = init_parameters(args.model_class)
+    kwargs = dict(args.model_args)
+    kwargs["fusion"] = fusion
+    linked = [n for n in LINKED if n in params and n not in kwargs]
+    kwargs.update(_require(dm, linked))
+    model = args.model_class(**kwargs)
+    if getattr(model, "mm_fusion", None) != fusion:
+        raise SystemExit(
+            f"lightning-mmloss compare: --model {args.model} must pass its `fusion` argument on to "
+            f"`self.configure_multimodal(..., fusion=fusion)`; asked for {fusion!r}, it configured "
+            f"{getattr(model, 'mm_fusion', None)!r}"
+        )
+    return model
+
+
+def _classifier(args: argparse.Namespace, dm: L.LightningDataModule, fusion: str) -> MultiModalClassifier:
+    attrs = _require(dm, ("modalities", "input_dims", "num_classes"))
+    return MultiModalClassifier(
+        attrs["modalities"],
+        attrs["input_dims"],
+        attrs["num_classes"],
+        fusion=fusion,
+        hidden=args.hidden,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        proxies_per_class=args.proxies,
+        gamma=args.gamma,
+        recipe=args.recipe,
+        aux_weight=args.aux_weight,
+    )
+
+
+def evaluate_on_test(trainer: L.Trainer, model: L.LightningModule, dm: L.LightningDataModule) -> dict[str, float]:
+    """The results row from ``trainer.test`` with a :class:`SubgroupMonitor` (any model on the mixin, any data)."""
+    monitor = SubgroupMonitor(print_summary=False, images_every_n_epochs=None)
+    tester = L.Trainer(
+        accelerator=trainer.accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[monitor],
+    )
+    tester.test(model, datamodule=dm, verbose=False)
+    m = monitor.last_metrics
+    row = {"test_acc": m["test/reliability/fused/acc"], "test_ece": m["test/reliability/fused/ece"]}
+    gaps = []
+    for name in model.mm_names:  # type: ignore[attr-defined]
+        row[f"{name}_acc"] = m[f"test/reliability/{name}/acc"]
+        row[f"{name}_ece"] = m[f"test/reliability/{name}/ece"]
+        gaps.append(m[f"test/reliability/{name}/purity_gap"])
+        row[f"{name}_purity_gap"] = gaps[-1]
+    row["max_purity_gap"] = max(gaps)
+    row["flipped_heads"] = float(sum(g > FLIP_GAP for g in gaps))
     return row
 
 
@@ -259,7 +328,18 @@ def build_parser() -> argparse.ArgumentParser:
         prog="lightning-mmloss compare",
         description="Train every fusion x seed on the same heads and data; print and write the comparison.",
     )
-    p.add_argument("--data", choices=("synthetic", "uci-mfeat"), default="synthetic")
+    p.add_argument(
+        "--data",
+        default="synthetic",
+        help="synthetic, uci-mfeat, or a data module of your own as package.module.Class (init args: "
+        "--data.NAME VALUE, as in LightningCLI)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help="a model of your own on MultiModalLossMixin as package.module.Class, whose `fusion` argument goes to "
+        "configure_multimodal (init args: --model.NAME VALUE); default: the built-in MLP heads",
+    )
     p.add_argument("--scenario", choices=SCENARIOS, default="ehh", help="synthetic scenario")
     p.add_argument("--preset", choices=tuple(PRESETS), default="default", help="synthetic size preset")
     p.add_argument("--classes", type=int, default=2, help="synthetic classes")
@@ -292,9 +372,49 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _init_args(extra: list[str], parser: argparse.ArgumentParser) -> dict[str, dict[str, Any]]:
+    """``--model.NAME VALUE`` / ``--data.NAME=VALUE`` pairs (LightningCLI's form); JSON values where they parse."""
+    out: dict[str, dict[str, Any]] = {"model": {}, "data": {}}
+    i = 0
+    while i < len(extra):
+        arg = extra[i]
+        group, _, name = arg[2:].partition(".") if arg.startswith("--") else ("", "", "")
+        if group not in out or not name:
+            parser.error(f"unrecognized arguments: {' '.join(extra[i:])}")
+        if "=" in name:
+            name, value = name.split("=", 1)
+            i += 1
+        elif i + 1 < len(extra):
+            value = extra[i + 1]
+            i += 2
+        else:
+            parser.error(f"argument {arg}: expected a value")
+        try:
+            out[group][name] = json.loads(value)
+        except json.JSONDecodeError:
+            out[group][name] = value  # a plain string
+    return out
+
+
 def compare_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Entry point of ``lightning-mmloss compare``; returns the result rows."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    init = _init_args(extra, parser)
+    args.model_args, args.data_args = init["model"], init["data"]
+    builtin = ("synthetic", "uci-mfeat")
+    if args.data not in builtin and "." not in args.data:
+        parser.error(f"argument --data: expected {', '.join(builtin)} or package.module.Class, got {args.data!r}")
+    args.data_class = None if args.data in builtin else import_class(args.data, "--data")
+    args.model_class = None if args.model is None else import_class(args.model, "--model")
+    if args.data_args and args.data_class is None:
+        parser.error("--data.NAME options configure a data module of your own (--data package.module.Class)")
+    if args.model_args and args.model_class is None:
+        parser.error("--model.NAME options configure a model of your own (--model package.module.Class)")
+    if args.data_class is not None and not issubclass(args.data_class, L.LightningDataModule):
+        parser.error(f"argument --data: {args.data!r} is not a LightningDataModule")
+    if args.model_class is not None and not issubclass(args.model_class, MultiModalLossMixin):
+        parser.error(f"argument --model: {args.model!r} is not a model built with MultiModalLossMixin")
     fusions = [f.strip() for f in args.fusions.split(",") if f.strip()]
     unknown = [f for f in fusions if f not in FUSIONS]
     if unknown or not fusions:
@@ -328,7 +448,7 @@ def compare_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                 "six mfeat-*.csv files"
             )
     if args.epochs is None:
-        args.epochs = DEFAULT_EPOCHS[args.data]
+        args.epochs = DEFAULT_EPOCHS.get(args.data, 60)
     if args.recipe is None:  # the paper preset reproduces the paper's table with the paper's loss
         args.recipe = "paper" if args.data == "synthetic" and args.preset == "paper" else "default"
     output = Path(args.output)
@@ -346,7 +466,12 @@ def compare_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
     console = Console()
     wide = Console(width=max(console.width, 132))  # the tables: wrap less than the terminal would
-    what = f"synthetic '{args.scenario}' ({args.preset})" if args.data == "synthetic" else "UCI mfeat"
+    if args.data_class is not None:
+        what = args.data_class.__name__
+    else:
+        what = f"synthetic '{args.scenario}' ({args.preset})" if args.data == "synthetic" else "UCI mfeat"
+    if args.model_class is not None:
+        what = f"{args.model_class.__name__} on {what}"
     if args.data == "uci-mfeat" and args.corrupt_fraction:
         what += f", {args.corrupt_fraction:.0%} of instances corrupted"
     title = f"{what}: {len(fusions)} fusions x {args.seeds} seeds, {args.epochs} epochs"

@@ -36,17 +36,69 @@ def _count(index: Tensor, size: int, weights: Tensor | None = None) -> Tensor:
     return out.index_add_(0, index, weights.to(_STATE_DTYPE))
 
 
+def _scored(
+    target: Tensor, num_classes: int, ignore_index: int | None, validate_args: bool, **tensors: Tensor | None
+) -> tuple[Tensor, dict[str, Tensor | None]]:
+    """The instances that count: ``target != ignore_index``; with ``validate_args`` targets in ``[0, C)``.
+
+    Targets come back as int64 (int32 and uint8 class indices are accepted). The range check
+    costs one host sync; without it an out-of-range target is the caller's promise not to pass.
+    """
+    if ignore_index is not None:
+        keep = target != ignore_index
+        if not bool(keep.all()):
+            target = target[keep]
+            tensors = {k: None if v is None else v[keep] for k, v in tensors.items()}
+    target = target.long()
+    if validate_args and target.numel():
+        lo, hi = (int(v) for v in torch.aminmax(target))
+        if lo < 0 or hi >= num_classes:
+            also = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
+            raise ValueError(
+                f"Expected argument `target` to hold class indices in [0, {num_classes - 1}]{also}, but got values "
+                f"from {lo} to {hi}."
+            )
+    return target, tensors
+
+
+def _scored_probs(
+    unimodal_probs: Tensor,
+    fused_probs: Tensor,
+    target: Tensor,
+    modality_mask: Tensor | None,
+    ignore_index: int | None,
+    validate_args: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+    """Shapes checked, then :func:`_scored` on the inputs of the reliability and agreement metrics."""
+    C = V.check_metric_inputs(unimodal_probs, fused_probs, target, modality_mask)[2]
+    target, t = _scored(target, C, ignore_index, validate_args, u=unimodal_probs, f=fused_probs, m=modality_mask)
+    return t["u"], t["f"], target, t["m"]  # type: ignore[return-value]
+
+
 def head_names(modalities: int | Sequence[str]) -> list[str]:
     """Names of the heads a metric reports on: the modalities, then ``"fused"``."""
     names = [str(i) for i in range(modalities)] if isinstance(modalities, int) else list(modalities)
+    if "fused" in names:
+        raise ValueError(
+            f"Expected no modality named 'fused' (the name of the fused output's metrics), but got {names}; rename it."
+        )
     return [*names, "fused"]
 
 
 # --- reliability -----------------------------------------------------------------------------
 def _reliability_update(
-    unimodal_probs: Tensor, fused_probs: Tensor, target: Tensor, modality_mask: Tensor | None, n_bins: int
+    unimodal_probs: Tensor,
+    fused_probs: Tensor,
+    target: Tensor,
+    modality_mask: Tensor | None,
+    n_bins: int,
+    ignore_index: int | None = None,
+    validate_args: bool = True,
 ) -> dict[str, Tensor]:
-    B, M, C = V.check_metric_inputs(unimodal_probs, fused_probs, target, modality_mask)
+    unimodal_probs, fused_probs, target, modality_mask = _scored_probs(
+        unimodal_probs, fused_probs, target, modality_mask, ignore_index, validate_args
+    )
+    B, M, C = unimodal_probs.shape
     H = M + 1  # every modality, then the fused output
     probs = torch.cat([unimodal_probs, fused_probs[:, None, :]], dim=1).to(_STATE_DTYPE)
     present = torch.ones(B, H, dtype=torch.bool, device=probs.device)
@@ -115,6 +167,8 @@ def modality_reliability(
     modality_mask: Tensor | None = None,
     modalities: int | Sequence[str] | None = None,
     n_bins: int = 15,
+    ignore_index: int | None = None,
+    validate_args: bool = True,
 ) -> dict[str, Tensor]:
     r"""Accuracy, macro-F1, expected calibration error, Brier score and NLL of every head.
 
@@ -135,6 +189,8 @@ def modality_reliability(
         modality_mask: optional bool ``(B, M)``, ``True`` where the modality is present.
         modalities: modality names (or their number) for the keys; default ``"0"``, ``"1"``, ...
         n_bins: number of calibration bins.
+        ignore_index: instances with this target are left out.
+        validate_args: refuse targets outside ``[0, C)`` (one host sync).
 
     Returns:
         ``{"<head>/<metric>": value}`` for heads ``<modality>...`` and ``fused`` and metrics
@@ -151,14 +207,23 @@ def modality_reliability(
         (1.0, 0.5, 1.0)
     """
     names = head_names(modalities if modalities is not None else unimodal_probs.shape[1])
-    return _reliability_compute(_reliability_update(unimodal_probs, fused_probs, target, modality_mask, n_bins), names)
+    state = _reliability_update(unimodal_probs, fused_probs, target, modality_mask, n_bins, ignore_index, validate_args)
+    return _reliability_compute(state, names)
 
 
 # --- agreement -------------------------------------------------------------------------------
 def _agreement_update(
-    unimodal_probs: Tensor, fused_probs: Tensor, target: Tensor, modality_mask: Tensor | None
+    unimodal_probs: Tensor,
+    fused_probs: Tensor,
+    target: Tensor,
+    modality_mask: Tensor | None,
+    ignore_index: int | None = None,
+    validate_args: bool = True,
 ) -> dict[str, Tensor]:
-    B, M, C = V.check_metric_inputs(unimodal_probs, fused_probs, target, modality_mask)
+    unimodal_probs, fused_probs, target, modality_mask = _scored_probs(
+        unimodal_probs, fused_probs, target, modality_mask, ignore_index, validate_args
+    )
+    B, M, C = unimodal_probs.shape
     present = modality_mask if modality_mask is not None else torch.ones(B, M, dtype=torch.bool, device=target.device)
     pred = unimodal_probs.argmax(dim=-1)  # (B, M)
     right = (pred == target[:, None]) & present
@@ -199,7 +264,12 @@ def _agreement_compute(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 def modality_agreement(
-    unimodal_probs: Tensor, fused_probs: Tensor, target: Tensor, modality_mask: Tensor | None = None
+    unimodal_probs: Tensor,
+    fused_probs: Tensor,
+    target: Tensor,
+    modality_mask: Tensor | None = None,
+    ignore_index: int | None = None,
+    validate_args: bool = True,
 ) -> dict[str, Tensor]:
     """How the unimodal heads agree with each other and with the truth, per instance, as rates.
 
@@ -227,7 +297,9 @@ def modality_agreement(
         tensor([[1.0000, 0.5000],
                 [0.5000, 1.0000]], dtype=torch.float64)
     """
-    return _agreement_compute(_agreement_update(unimodal_probs, fused_probs, target, modality_mask))
+    return _agreement_compute(
+        _agreement_update(unimodal_probs, fused_probs, target, modality_mask, ignore_index, validate_args)
+    )
 
 
 # --- subgroups -------------------------------------------------------------------------------
@@ -240,6 +312,7 @@ def _subgroup_update(
     num_classes: int,
     proxies_per_class: int,
     validate_args: bool = True,
+    ignore_index: int | None = None,
 ) -> dict[str, Tensor]:
     C, K = num_classes, proxies_per_class
     if unimodal_probs.dim() != 3 or unimodal_probs.shape[2] != C:
@@ -256,8 +329,23 @@ def _subgroup_update(
         raise ValueError(
             f"Expected argument `modality_weights` to have shape ({B}, {M}), but got {V._shape(modality_weights)}."
         )
-    if validate_args and B and (int(subgroup.min()) < 0 or int(subgroup.max()) >= C * K):  # one host sync
-        raise ValueError(f"Expected argument `subgroup` to lie in [0, {C * K - 1}] (C*K - 1), but got values outside.")
+    target, t = _scored(
+        target, C, ignore_index, validate_args, s=subgroup, f=fused_preds, u=unimodal_probs, w=modality_weights
+    )
+    subgroup, fused_preds, unimodal_probs, modality_weights = t["s"], t["f"], t["u"], t["w"]  # type: ignore[assignment]
+    subgroup, fused_preds, B = subgroup.long(), fused_preds.long(), target.shape[0]
+    if validate_args and B:  # one host sync
+        lims = torch.stack([*torch.aminmax(subgroup), *torch.aminmax(fused_preds)]).tolist()
+        if lims[0] < 0 or lims[1] >= C * K:
+            raise ValueError(
+                f"Expected argument `subgroup` to lie in [0, {C * K - 1}] (C*K - 1), but got values from {lims[0]} "
+                f"to {lims[1]}."
+            )
+        if lims[2] < 0 or lims[3] >= C:
+            raise ValueError(
+                f"Expected argument `fused_preds` to hold class indices in [0, {C - 1}], but got values from "
+                f"{lims[2]} to {lims[3]}."
+            )
     correct = (fused_preds == target).to(_STATE_DTYPE)
     cls = torch.div(subgroup, K, rounding_mode="floor")
     own = unimodal_probs.gather(2, cls.view(B, 1, 1).expand(B, M, 1)).squeeze(2).to(_STATE_DTYPE)
@@ -310,8 +398,13 @@ def subgroup_statistics(
     modality_weights: Tensor,
     num_classes: int,
     proxies_per_class: int,
+    ignore_index: int | None = None,
+    validate_args: bool = True,
 ) -> dict[str, Tensor]:
     """Occupancy and behaviour of the learned subgroups (proxies).
+
+    Instances whose target is ``ignore_index`` are left out; ``validate_args`` refuses subgroup
+    and class indices out of range (one host sync).
 
     Returns:
         A dict with ``occupancy`` ``(C, K)`` (instances whose most similar proxy is ``(c, k)``);
@@ -339,6 +432,14 @@ def subgroup_statistics(
                 [   nan, 0.7000]], dtype=torch.float64)
     """
     state = _subgroup_update(
-        subgroup, fused_preds, target, unimodal_probs, modality_weights, num_classes, proxies_per_class
+        subgroup,
+        fused_preds,
+        target,
+        unimodal_probs,
+        modality_weights,
+        num_classes,
+        proxies_per_class,
+        validate_args,
+        ignore_index,
     )
     return _subgroup_compute(state, num_classes, proxies_per_class)

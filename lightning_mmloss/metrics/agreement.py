@@ -26,7 +26,9 @@ class ModalityAgreement(_AdditiveStateMetric):
 
     Args:
         modalities: modality names, or their number.
-        validate_args: check that the probabilities are finite and in ``[0, 1]`` (one host sync per
+        ignore_index: instances with this target are left out.
+        validate_args: check that the probabilities are finite and in ``[0, 1]`` and the targets
+            in ``[0, C)`` (one host sync per
             batch); shapes are always checked.
         kwargs: passed to :class:`torchmetrics.Metric`.
 
@@ -43,9 +45,16 @@ class ModalityAgreement(_AdditiveStateMetric):
 
     rates = AGREEMENT_RATES
 
-    def __init__(self, modalities: int | Sequence[str], validate_args: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        modalities: int | Sequence[str],
+        validate_args: bool = True,
+        ignore_index: int | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
-        self.validate_args = bool(validate_args)
+        self.validate_args = V.check_bool("validate_args", validate_args)
+        self.ignore_index = V.check_ignore_index(ignore_index)
         M, names = V.check_modalities(modalities)
         self.modality_names = list(names) if names else [str(i) for i in range(M)]
         self._add_states(
@@ -68,7 +77,9 @@ class ModalityAgreement(_AdditiveStateMetric):
             )
         if self.validate_args:
             V.check_probabilities(unimodal_probs=unimodal_probs, fused_probs=fused_probs)
-        self._accumulate(_agreement_update(unimodal_probs, fused_probs, target, modality_mask))
+        self._accumulate(
+            _agreement_update(unimodal_probs, fused_probs, target, modality_mask, self.ignore_index, self.validate_args)
+        )
 
     def compute(self) -> dict[str, Tensor]:
         """Rates and pairwise matrix over everything seen since the last reset."""

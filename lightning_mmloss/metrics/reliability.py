@@ -30,8 +30,9 @@ class ModalityReliability(_AdditiveStateMetric):
         modalities: modality names, or their number.
         num_classes: number of classes ``C``.
         n_bins: calibration bins of the ECE.
-        validate_args: check that the probabilities are finite and in ``[0, 1]`` (one host sync per
-            batch); shapes are always checked.
+        ignore_index: instances with this target are left out.
+        validate_args: check that the probabilities are finite and in ``[0, 1]`` and the targets in
+            ``[0, C)`` (one host sync per batch); shapes are always checked.
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example::
@@ -52,13 +53,15 @@ class ModalityReliability(_AdditiveStateMetric):
         num_classes: int,
         n_bins: int = 15,
         validate_args: bool = True,
+        ignore_index: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.ignore_index = V.check_ignore_index(ignore_index)
         M, names = V.check_modalities(modalities)
         self.num_classes = V.check_int("num_classes", num_classes, 2)
         self.n_bins = V.check_int("n_bins", n_bins, 1)
-        self.validate_args = bool(validate_args)
+        self.validate_args = V.check_bool("validate_args", validate_args)
         self.modality_names = list(names) if names else [str(i) for i in range(M)]
         self.head_names = head_names(self.modality_names)
         H, C = M + 1, self.num_classes
@@ -87,7 +90,11 @@ class ModalityReliability(_AdditiveStateMetric):
             )
         if self.validate_args:
             V.check_probabilities(unimodal_probs=unimodal_probs, fused_probs=fused_probs)
-        self._accumulate(_reliability_update(unimodal_probs, fused_probs, target, modality_mask, self.n_bins))
+        self._accumulate(
+            _reliability_update(
+                unimodal_probs, fused_probs, target, modality_mask, self.n_bins, self.ignore_index, self.validate_args
+            )
+        )
 
     def compute(self) -> dict[str, Tensor]:
         """The metrics over everything seen since the last reset (synchronised across processes)."""

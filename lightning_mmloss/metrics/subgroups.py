@@ -28,7 +28,9 @@ class SubgroupStatistics(_AdditiveStateMetric):
         modalities: modality names, or their number ``M``.
         num_classes: ``C``.
         proxies_per_class: ``K``.
-        validate_args: check that the subgroup indices lie in ``[0, C*K)`` (one host sync per batch).
+        validate_args: check that the subgroup indices lie in ``[0, C*K)`` and the classes in ``[0, C)``
+            (one host sync per batch).
+        ignore_index: instances with this target are left out.
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example::
@@ -51,10 +53,12 @@ class SubgroupStatistics(_AdditiveStateMetric):
         num_classes: int,
         proxies_per_class: int,
         validate_args: bool = True,
+        ignore_index: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.validate_args = bool(validate_args)
+        self.validate_args = V.check_bool("validate_args", validate_args)
+        self.ignore_index = V.check_ignore_index(ignore_index)
         self.num_classes = V.check_int("num_classes", num_classes, 2)
         self.proxies_per_class = V.check_int("proxies_per_class", proxies_per_class, 1)
         M, names = V.check_modalities(modalities)
@@ -95,6 +99,7 @@ class SubgroupStatistics(_AdditiveStateMetric):
                 self.num_classes,
                 self.proxies_per_class,
                 self.validate_args,
+                self.ignore_index,
             )
         )
 

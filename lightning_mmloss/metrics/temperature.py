@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from lightning_mmloss import _validation as V
 from lightning_mmloss.metrics._base import _AdditiveStateMetric
 
 # Candidate temperatures: log-spaced from 1/20 to 20, ratio about 1.064 between neighbours; the
@@ -101,7 +102,7 @@ class TemperatureFit(_AdditiveStateMetric):
 
     def __init__(self, ignore_index: int = -100, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.ignore_index = int(ignore_index)
+        self.ignore_index = V.check_ignore_index(ignore_index, optional=False)
         self._add_states(
             {
                 "nll": torch.zeros(_GRID_SIZE, dtype=torch.float64),

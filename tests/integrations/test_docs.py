@@ -65,20 +65,31 @@ def _commands(page: Path) -> list[list[str]]:
 
 
 @pytest.mark.parametrize("page", [p for p in PAGES if _blocks(p, "bash")], ids=lambda p: p.name)
-def test_bash_lines_match_the_code(page: Path) -> None:
-    from lightning_mmloss.experiments.cli import COMMANDS
-    from lightning_mmloss.experiments.compare import build_parser
+def test_bash_lines_match_the_code(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning_mmloss.experiments.cli import COMMANDS, import_class
+    from lightning_mmloss.experiments.compare import _init_args, build_parser
 
     makefile = (ROOT / "Makefile").read_text()
     for argv in _commands(page):
+        while argv and re.match(r"^[A-Z_]+=", argv[0]):  # an environment assignment before the command
+            if argv[0] == "PYTHONPATH=examples":
+                monkeypatch.syspath_prepend(str(ROOT / "examples"))
+            argv = argv[1:]
         if argv[0] == "make":
             assert re.search(rf"^{argv[1]}:", makefile, re.M), argv
         elif argv[0] == "lightning-mmloss":
             assert argv[1] in COMMANDS, argv
             if argv[1] == "compare":
-                args = build_parser().parse_args(argv[2:])
+                parser = build_parser()
+                args, extra = parser.parse_known_args(argv[2:])
+                _init_args(extra, parser)  # --model.NAME / --data.NAME pairs only
+                for path in (args.model, args.data if "." in args.data else None):
+                    if path is not None:
+                        import_class(path, "class")  # the class exists
                 if args.data_dir is not None:
                     assert (ROOT / args.data_dir).is_dir() or "CI" not in __import__("os").environ, argv
+            elif "--config" not in argv:
+                import_class(argv[argv.index("--model") + 1], "--model")
             else:
                 config = argv[argv.index("--config") + 1]
                 assert (ROOT / config).is_file(), argv

@@ -31,6 +31,7 @@ def test_minimal_mixin_example(tmp_path: Path) -> None:
     ("script", "args", "expect"),
     [
         ("plain_torch_loss.py", ["--steps", "30"], "fused accuracy"),
+        ("own_model.py", ["--seeds", "1", "--epochs", "2"], "TwoViewNet on TwoViews"),
         ("masked_modality.py", ["--epochs", "1", "--size", "300"], "val/acc"),
         ("shapley_attribution.py", ["--epochs", "2", "--preset", "tiny"], "top-Shapley modality is informative"),
         (

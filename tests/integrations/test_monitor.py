@@ -165,7 +165,7 @@ def test_baseline_fusion_gets_reliability_and_agreement_only(tmp_path: Path) -> 
     assert not any("subgroups" in k for k in monitor.last_metrics)
     assert monitor.last_metrics["val/reliability/fused/acc"] == pytest.approx(float(t.callback_metrics["val/acc"]))
     assert set(_events(logger.log_dir).Tags()["images"]) == {"val/agreement/pairwise"}
-    with pytest.raises(ValueError, match=r"`shapley=False` for a model without the MultiModal loss"):
+    with pytest.raises(ValueError, match=r"`shapley=False` for fusion='sum'"):
         SubgroupMonitor(shapley=True).setup(t, model, "fit")
 
 
