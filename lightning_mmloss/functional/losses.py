@@ -142,6 +142,23 @@ def unimodal_cross_entropy(
         >>> unimodal_cross_entropy(u, torch.tensor([0]), modality_mask=torch.tensor([[True, False]]))
         tensor([0.1269])
     """
+    ce = _pair_cross_entropy(unimodal_logits, target, modality_mask, activation, label_smoothing, ignore_index, "none")
+    if modality_mask is None:
+        return ce.mean(dim=1)
+    keep = modality_mask.to(ce.dtype)
+    return (ce * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+
+
+def _pair_cross_entropy(
+    unimodal_logits: Tensor,
+    target: Tensor,
+    modality_mask: Tensor | None,
+    activation: str,
+    label_smoothing: float,
+    ignore_index: int,
+    reduction: str,
+) -> Tensor:
+    """Cross-entropy of every (instance, head) pair: ``(B, M)`` (``reduction="none"``) or their sum."""
     B, M, C = unimodal_logits.shape
     with _no_autocast(unimodal_logits.device.type):
         u = unimodal_logits.to(_compute_dtype(unimodal_logits))
@@ -150,29 +167,19 @@ def unimodal_cross_entropy(
             u = torch.where(present, u, u.new_zeros(()) if activation == "softmax" else u.new_ones(()))
         if activation == "identity":  # scores: the log of the normalised scores plays the logits' role
             u = u.clamp_min(torch.finfo(u.dtype).tiny).log()
-        # every (instance, head) pair at once; ignored targets give 0. A (B, M, C) view of a
-        # contiguous (M, C, B) (the fused path's copy) is taken in the spatial form, without a copy
+        # ignored targets give 0. A (B, M, C) view of a contiguous (M, C, B) (the fused path's
+        # copy) is taken in the spatial form, without a copy
         target = target.long()
+        options: dict[str, Any] = {
+            "ignore_index": ignore_index,
+            "reduction": reduction,
+            "label_smoothing": label_smoothing,
+        }
         if B > 1 and u.permute(1, 2, 0).is_contiguous():
-            ce = F.cross_entropy(
-                u.permute(1, 2, 0),
-                target.expand(M, B),
-                ignore_index=ignore_index,
-                reduction="none",
-                label_smoothing=label_smoothing,
-            ).t()
-        else:
-            ce = F.cross_entropy(
-                u.reshape(B * M, C),
-                target.repeat_interleave(M),
-                ignore_index=ignore_index,
-                reduction="none",
-                label_smoothing=label_smoothing,
-            ).view(B, M)
-        if modality_mask is None:
-            return ce.mean(dim=1)
-        keep = modality_mask.to(ce.dtype)
-        return (ce * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+            ce = F.cross_entropy(u.permute(1, 2, 0), target.expand(M, B), **options)
+            return ce.t() if reduction == "none" else ce
+        ce = F.cross_entropy(u.reshape(B * M, C), target.repeat_interleave(M), **options)
+        return ce.view(B, M) if reduction == "none" else ce
 
 
 def auxiliary_unimodal_loss(
@@ -203,6 +210,15 @@ def auxiliary_unimodal_loss(
         >>> bool(torch.allclose(auxiliary_unimodal_loss(u, y), ce))
         True
     """
+    if modality_mask is None and class_weight is None and reduction != "none":
+        # every head present and no weights: the per-instance mean over heads is the sum over
+        # pairs divided by M (the same value in three fewer operators)
+        M = unimodal_logits.shape[1]
+        total = _pair_cross_entropy(unimodal_logits, target, None, activation, label_smoothing, ignore_index, "sum") / M
+        if reduction == "sum":
+            return total
+        n = num_valid if num_valid is not None else (target != ignore_index).sum()
+        return total / (max(n, 1) if isinstance(n, int) else n.clamp_min(1).to(total.dtype))
     values = unimodal_cross_entropy(
         unimodal_logits,
         target,
