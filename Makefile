@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lightning-mmloss compare --output runs/demo
+	$(VENV)/bin/lightning-mmloss compare --output runs/demo --overwrite
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -7,6 +7,8 @@ import csv
 import json
 import logging
 import math
+import os
+import shutil
 import statistics
 import time
 import warnings
@@ -283,13 +285,32 @@ def summarise(rows: list[dict[str, Any]], modalities: list[str]) -> tuple[list[s
     return header, out
 
 
-def write_outputs(rows: list[dict[str, Any]], modalities: list[str], output: Path, title: str) -> None:
-    """``results.csv`` (one row per fusion and seed), ``results.md`` and ``results.png``."""
+def write_rows(rows: list[dict[str, Any]], output: Path) -> None:
+    """``results.csv``, one row per finished run, replaced atomically (a reader never sees half a file)."""
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    with open(output / "results.csv", "w", newline="") as f:
+    tmp = output / ".results.csv.tmp"
+    with open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, output / "results.csv")
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``results.csv`` (numbers as floats, ``seed`` as int)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for r in rows:
+        row: dict[str, Any] = {"fusion": r["fusion"], "seed": int(r["seed"])}
+        row.update({k: float(v) for k, v in r.items() if k not in ("fusion", "seed") and v not in ("", None)})
+        out.append(row)
+    return out
+
+
+def write_outputs(rows: list[dict[str, Any]], modalities: list[str], output: Path, title: str) -> None:
+    """``results.csv`` (one row per fusion and seed), ``results.md`` and ``results.png``."""
+    write_rows(rows, output)
     header, table = summarise(rows, modalities)
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in table]
@@ -322,6 +343,17 @@ def _plot(rows: list[dict[str, Any]], modalities: list[str], path: Path, title: 
     fig.savefig(path)
 
 
+def _hidden(text: str) -> list[int]:
+    """``--hidden``: comma-separated positive layer sizes."""
+    try:
+        sizes = [int(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated sizes such as 128,32, got {text!r}") from None
+    if any(h < 1 for h in sizes):
+        raise argparse.ArgumentTypeError(f"expected sizes >= 1 (a layer of 0 units sees no input), got {text!r}")
+    return sizes
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of ``lightning-mmloss compare``."""
     p = argparse.ArgumentParser(
@@ -349,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (data and initialisation)")
     p.add_argument("--epochs", type=int, default=None, help="default: 60")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--hidden", type=lambda s: [int(x) for x in s.split(",")], default=[128, 32], help="e.g. 128,32")
+    p.add_argument("--hidden", type=_hidden, default=[128, 32], help="hidden layer sizes of every head, e.g. 128,32")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--proxies", type=int, default=20, help="MultiModal loss: proxies per class K")
@@ -369,6 +401,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch threads for the (small) models; default 1 (see docs/cli.md)"
     )
     p.add_argument("--output", default="runs/compare", help="folder for results.csv/.md/.png and TensorBoard logs")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument(
+        "--resume", action="store_true", help="keep the finished runs in --output's results.csv, run the others"
+    )
+    again.add_argument("--overwrite", action="store_true", help="delete --output's results and logs, start over")
     return p
 
 
@@ -459,6 +496,72 @@ def compare_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         probe.unlink()
     except OSError as err:
         raise SystemExit(f"lightning-mmloss compare: cannot write to --output {str(output)!r}: {err}") from err
+    _check_options(args, fusions)  # every option, before the first run
+    done = _previous_rows(args, output)
+    lock = output / ".compare.lock"
+    try:
+        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        raise SystemExit(
+            f"lightning-mmloss compare: another compare is writing to {str(output)!r} (or one was killed and left "
+            f"{str(lock)!r}: remove it); give another --output"
+        ) from None
+    os.close(fd)
+    try:
+        return _run_all(args, fusions, output, done)
+    finally:
+        lock.unlink(missing_ok=True)
+
+
+def _check_options(args: argparse.Namespace, fusions: Sequence[str]) -> None:
+    """Build every fusion's model once on seed 0's data: a bad option fails now, not in the 7th run."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dm = _datamodule(args, 0)
+        dm.setup("fit")
+        for fusion in fusions:
+            try:
+                _model(args, dm, fusion) if args.model_class is not None else _classifier(args, dm, fusion)
+            except (ValueError, TypeError) as err:
+                raise SystemExit(f"lightning-mmloss compare: fusion {fusion!r} cannot be built: {err}") from err
+
+
+def _config(args: argparse.Namespace) -> dict[str, Any]:
+    """What the rows of one ``--output`` must share to be one table (not the seeds or fusions to run)."""
+    skip = {"output", "resume", "overwrite", "seeds", "fusions", "threads", "model_class", "data_class"}
+    return {k: v for k, v in sorted(vars(args).items()) if k not in skip}
+
+
+def _previous_rows(args: argparse.Namespace, output: Path) -> list[dict[str, Any]]:
+    """Finished rows to keep (``--resume``), after checking that they belong to this comparison."""
+    results, config_path = output / "results.csv", output / "config.json"
+    config = json.dumps(_config(args), sort_keys=True, default=str)
+    if args.overwrite:
+        for path in (results, config_path, output / "results.md", output / "results.png"):
+            path.unlink(missing_ok=True)
+        shutil.rmtree(output / "tensorboard", ignore_errors=True)
+    elif results.exists() and not args.resume:
+        raise SystemExit(
+            f"lightning-mmloss compare: {str(results)!r} exists; pass --resume to keep its finished runs and run the "
+            "others, --overwrite to start over, or another --output"
+        )
+    rows: list[dict[str, Any]] = []
+    if args.resume and results.exists():
+        saved = config_path.read_text() if config_path.exists() else None
+        if saved is not None and saved != config:
+            raise SystemExit(
+                f"lightning-mmloss compare: --resume into {str(output)!r}, whose runs were made with other options "
+                f"({config_path}); give the same options, or another --output"
+            )
+        rows = read_rows(results)
+    config_path.write_text(config)
+    return rows
+
+
+def _run_all(
+    args: argparse.Namespace, fusions: Sequence[str], output: Path, done: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Train what is not in ``done``, writing ``results.csv`` after every run; then the tables and files."""
     # Small heads on 2 cores: one thread per run is faster than two that contend (measured: a
     # 10-epoch run took 1.0 s with one thread and 14 s with two on a loaded machine).
     torch.set_num_threads(args.threads or 1)
@@ -478,6 +581,7 @@ def compare_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     if "mm" in fusions and args.recipe != "default":
         title += f", mm recipe '{args.recipe}'"
     console.print(f"[bold]lightning-mmloss compare[/bold]: {title}")
+    finished = {(r["fusion"], r["seed"]): r for r in done}
     rows: list[dict[str, Any]] = []
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress, warnings.catch_warnings():
@@ -485,9 +589,16 @@ def compare_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         task = progress.add_task("training", total=len(fusions) * args.seeds)
         for seed in range(args.seeds):
             for fusion in fusions:
+                if (fusion, seed) in finished:  # --resume: finished before
+                    rows.append(finished[(fusion, seed)])
+                    progress.advance(task)
+                    continue
                 progress.update(task, description=f"{fusion:>7} seed {seed}")
+                # an interrupted run of this fusion and seed left its logs: one event file per folder
+                shutil.rmtree(output / "tensorboard" / fusion / f"seed{seed}", ignore_errors=True)
                 row = run_one(args, fusion, seed, output)
                 rows.append(row)
+                write_rows(rows, output)  # every finished run is on disk at once
                 progress.advance(task)
                 progress.console.print(f"  {fusion:>7} seed {seed}: test acc {row['test_acc']:.3f}")
     modalities = [k[: -len("_acc")] for k in rows[0] if k.endswith("_acc") and k != "test_acc"]
