@@ -4,13 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cli=.venv/bin/lightning-mmloss
-$cli compare --scenario ehh --seeds 5 --output runs/repro/ehh
-$cli compare --scenario instance --seeds 3 --output runs/repro/instance
-$cli compare --scenario conflict --seeds 3 --output runs/repro/conflict
-$cli compare --data uci-mfeat --data-dir ../shared/data/uci-mfeat --seeds 3 --proxies 10 --output runs/repro/uci_clean
-$cli compare --data uci-mfeat --data-dir ../shared/data/uci-mfeat --corrupt-fraction 0.5 --seeds 3 --proxies 10 --output runs/repro/uci_corrupted
+$cli compare --scenario ehh --seeds 5 --output runs/repro/ehh --resume
+# --resume: a rerun keeps the runs already in each results.csv (an interrupted reproduction continues)
+$cli compare --scenario instance --seeds 3 --output runs/repro/instance --resume
+$cli compare --scenario conflict --seeds 3 --output runs/repro/conflict --resume
+$cli compare --data uci-mfeat --data-dir ../shared/data/uci-mfeat --seeds 3 --proxies 10 --output runs/repro/uci_clean --resume
+$cli compare --data uci-mfeat --data-dir ../shared/data/uci-mfeat --corrupt-fraction 0.5 --seeds 3 --proxies 10 --output runs/repro/uci_corrupted --resume
 if [ "${PAPER:-0}" = 1 ]; then
-  $cli compare --scenario ehh --preset paper --hidden 500,100,20 --seeds 1 --output runs/repro/ehh_paper
+  $cli compare --scenario ehh --preset paper --hidden 500,100,20 --seeds 1 --output runs/repro/ehh_paper --resume
 fi
 if [ "${DESIGN:-0}" = 1 ]; then
   # the "Design decisions" tables of benchmarks/README.md (about 40 minutes on 2 cores)
