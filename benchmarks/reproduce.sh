@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cli=.venv/bin/lightning-mmloss
-$cli compare --scenario ehh --seeds 5 --output runs/repro/ehh --resume
 # --resume: a rerun keeps the runs already in each results.csv (an interrupted reproduction continues)
+$cli compare --scenario ehh --seeds 5 --output runs/repro/ehh --resume
 $cli compare --scenario instance --seeds 3 --output runs/repro/instance --resume
 $cli compare --scenario conflict --seeds 3 --output runs/repro/conflict --resume
 $cli compare --data uci-mfeat --data-dir ../shared/data/uci-mfeat --seeds 3 --proxies 10 --output runs/repro/uci_clean --resume
