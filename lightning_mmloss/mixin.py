@@ -443,6 +443,8 @@ class MultiModalLossMixin:
     def _evaluate(self, batch: Any, stage: str, dataloader_idx: int = 0) -> MultiModalStepOutput:
         out = self.multimodal_step(batch)
         assert out.target is not None and out.loss is not None
+        if out.target.numel() == 0:  # an empty batch: nothing to score (torchmetrics cannot take it)
+            return out
         acc = self._accuracy(stage, dataloader_idx)
         acc(out.preds, out.target)
         log = self.log  # type: ignore[attr-defined]

@@ -51,3 +51,16 @@ def test_all_ignored_batch_through_the_functional_loss_without_checks() -> None:
     u = torch.randn(4, 2, 3, requires_grad=True)
     loss = multimodal_loss(u, torch.full((4,), -100), torch.rand(6, 6), validate_args=False)
     assert float(loss.detach()) == 0.0
+
+
+def test_an_empty_validation_batch_is_skipped(tmp_path: Path) -> None:
+    """Item 13: an empty batch reached torchmetrics' stat_scores and crashed."""
+    from torch.utils.data import DataLoader
+
+    train, val = loaders(n_train=64, n_val=32)
+    batches = [*list(val), {k: v[:0] for k, v in next(iter(val)).items()}]
+    monitor = SubgroupMonitor(print_summary=False, images_every_n_epochs=None)
+    t = trainer(tmp_path, max_epochs=1, callbacks=[monitor])
+    t.fit(ThreeHeadNet(), train, DataLoader(batches, batch_size=None))
+    assert 0.0 <= float(t.callback_metrics["val/acc"]) <= 1.0
+    assert "val/reliability/fused/acc" in monitor.last_metrics
