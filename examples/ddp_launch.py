@@ -11,6 +11,7 @@ gradients with the rest; the SubgroupMonitor's metrics synchronise through torch
 import argparse
 
 import lightning as L
+import torch
 
 from lightning_mmloss import SubgroupMonitor
 from lightning_mmloss.experiments.classifier import MultiModalClassifier
@@ -26,6 +27,8 @@ if __name__ == "__main__":
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--preset", default="default")
     args = parser.parse_args()
+    if args.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"ddp_launch.py: --accelerator {args.accelerator} asks for a GPU, but torch sees none")
     L.seed_everything(0)
     dm = SyntheticMultimodalDataModule("conflict", preset=args.preset, batch_size=128)
     model = MultiModalClassifier(dm.modalities, dm.input_dims, dm.num_classes, fusion="mm", hidden=[64])

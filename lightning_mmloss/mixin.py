@@ -189,7 +189,8 @@ class MultiModalLossMixin:
             self.mm_baseline = module = BaselineFusion(fusion, num_classes, M, ignore, ogm_alpha)
         self.mm_ignore_index = ignore
         calibrate = fusion == "mm" if calibrate is None else calibrate
-        self.mm_temperature_fit = TemperatureFit(ignore_index=ignore) if calibrate else None
+        # the fused logits it sees were checked by the fusion: no second sync per batch
+        self.mm_temperature_fit = TemperatureFit(ignore_index=ignore, validate_args=False) if calibrate else None
         self.mm_accuracy = _accuracies(num_classes, ignore)
         return module
 
@@ -552,7 +553,7 @@ class MultiModalLossMixin:
             temperature = net.calibrate_temperature(calibration_loader)
         """
         current = self._temperature()
-        fit = TemperatureFit(ignore_index=self.mm_ignore_index).to(current.device)
+        fit = TemperatureFit(ignore_index=self.mm_ignore_index, validate_args=False).to(current.device)
         was_training = self.training  # type: ignore[attr-defined]
         self.eval()  # type: ignore[attr-defined]
         try:

@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from rich.console import Console
@@ -183,6 +184,10 @@ class SubgroupMonitor(Callback):
                 f"{len(self.class_names)}: {self.class_names}."
             )
         self._metrics = {}
+        if stage == "fit":
+            # a new fit counts its own validation runs (a checkpoint's counts are restored after setup)
+            self.val_runs, self.epochs_logged, self._pending_figures = 0, 0, None
+            self._refuse_stale_judges(trainer)
         if (
             self.images_every_n_epochs is not None
             and self._tensorboard(trainer) is None
@@ -196,6 +201,26 @@ class SubgroupMonitor(Callback):
                 "`logger=TensorBoardLogger(...)` to the Trainer, or "
                 "`images_every_n_epochs=None` to the callback to silence this."
             )
+
+    def _refuse_stale_judges(self, trainer: Trainer) -> None:
+        """EarlyStopping/ModelCheckpoint must not judge this monitor's keys on the epochs it skips.
+
+        With ``every_n_epochs > 1`` its keys keep their last value on the skipped epochs, so
+        ``EarlyStopping(patience=1)`` would stop after one skipped epoch that "did not improve".
+        """
+        if self.every_n_epochs == 1:
+            return
+        groups = ("reliability", "agreement", "subgroups", "shapley")
+        for cb in trainer.callbacks:
+            key = getattr(cb, "monitor", None) if isinstance(cb, (EarlyStopping, ModelCheckpoint)) else None
+            parts = key.split("/") if isinstance(key, str) else []
+            if len(parts) > 2 and parts[0] in ("val", "test") and parts[1] in groups:
+                raise ValueError(
+                    f"{type(cb).__name__} monitors {key!r}, which SubgroupMonitor(every_n_epochs="
+                    f"{self.every_n_epochs}) logs only on every {self.every_n_epochs}th validation run: on the others "
+                    f"it would judge a stale value. Use every_n_epochs=1 and validate less often with "
+                    f"Trainer(check_val_every_n_epoch={self.every_n_epochs}) instead."
+                )
 
     @staticmethod
     def _tensorboard(trainer: Trainer) -> TensorBoardLogger | None:
@@ -322,7 +347,13 @@ class SubgroupMonitor(Callback):
     # -- reporting --------------------------------------------------------------------------
     def compute(self, prefix: str = "val", dataloader_idx: int = 0) -> dict[str, Any]:
         """The three (four with Shapley) metric groups of one stage ("val" or "test") and loader, synchronised."""
-        metrics = self._metrics[(prefix, dataloader_idx)]
+        metrics = self._metrics.get((prefix, dataloader_idx))
+        if metrics is None:
+            have = sorted(self._metrics) or "none yet"
+            raise RuntimeError(
+                f"SubgroupMonitor has no {prefix!r} metrics for dataloader {dataloader_idx}: they exist from the start "
+                f"of a validation or test epoch until its end (have: {have}); read `last_metrics` afterwards."
+            )
         out = {k: metrics[k].compute() for k in ("reliability", "agreement", "subgroups") if k in metrics}
         if self.shapley:
             out["shapley"] = metrics["shapley"].compute()

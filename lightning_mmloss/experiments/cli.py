@@ -44,11 +44,18 @@ class PredictionFileWriter(BasePredictionWriter):
     def write_on_epoch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, predictions: Sequence[Any], batch_indices: Any
     ) -> None:
-        """Concatenate the step outputs key by key and save them (one file per process under DDP)."""
-        batches = predictions[0] if predictions and isinstance(predictions[0], list) else predictions
-        if not batches:
+        """Concatenate the step outputs key by key and save them (one file per process under DDP).
+
+        With several predict dataloaders, every loader's rows are kept, in loader order, and a
+        ``dataloader_idx`` ``(N,)`` key says which loader each row came from.
+        """
+        loaders = list(predictions) if predictions and isinstance(predictions[0], list) else [predictions]
+        pairs = [(i, b) for i, batches in enumerate(loaders) for b in batches]
+        if not pairs:
             return
-        out = {k: torch.cat([b[k].cpu() for b in batches]) for k in batches[0]}
+        out = {k: torch.cat([b[k].cpu() for _, b in pairs]) for k in pairs[0][1]}
+        if len(loaders) > 1:
+            out["dataloader_idx"] = torch.cat([torch.full((len(b["preds"]),), i) for i, b in pairs])
         if trainer.world_size > 1:
             self.path = self.path.with_name(f"predictions_rank{trainer.global_rank}.pt")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> None:
 
         compare_main(args[1:])
         return
+    if _asks_for_gpu(args) and not torch.cuda.is_available():
+        raise SystemExit("lightning-mmloss: --trainer.accelerator asks for a GPU, but torch sees none")
     model_class, rest = _model_class(args)
     if argv is None and rest != args:  # LightningCLI reads sys.argv itself: without --model there too
         sys.argv = [sys.argv[0], *rest]
@@ -123,6 +132,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         args=None if argv is None else rest,
         save_config_kwargs={"overwrite": True},
     )
+
+
+def _asks_for_gpu(args: list[str]) -> bool:
+    """Whether the command line sets ``--trainer.accelerator`` to ``gpu``/``cuda`` (configs: Lightning checks)."""
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--trainer.accelerator=") else None
+        if arg == "--trainer.accelerator" and i + 1 < len(args):
+            value = args[i + 1]
+        if value in ("gpu", "cuda"):
+            return True
+    return False
 
 
 def _model_class(args: list[str]) -> tuple[type, list[str]]:

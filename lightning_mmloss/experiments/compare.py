@@ -463,6 +463,10 @@ def compare_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         raise SystemExit("lightning-mmloss compare: --seeds must be at least 1")
     if args.epochs is not None and args.epochs < 1:
         raise SystemExit(f"lightning-mmloss compare: --epochs must be at least 1, got {args.epochs}")
+    if args.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise SystemExit(
+            f"lightning-mmloss compare: --accelerator {args.accelerator} asks for a GPU, but torch sees none"
+        )
     if args.threads is not None and args.threads < 1:
         raise SystemExit(f"lightning-mmloss compare: --threads must be at least 1, got {args.threads}")
     if args.data == "synthetic" and args.corrupt_fraction:

@@ -23,6 +23,29 @@ def temperature_grid(dtype: torch.dtype = torch.float64, device: torch.device | 
     return torch.linspace(-_LOG_T_MAX, _LOG_T_MAX, _GRID_SIZE, dtype=dtype, device=device).exp()
 
 
+def _check_temperature_inputs(logits: Tensor, target: Tensor, ignore_index: int, validate_args: bool) -> None:
+    """Shapes and kinds always; with ``validate_args`` finite logits and targets in ``[0, C)`` (one sync)."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point():
+        got = f"{logits.dtype} {V._shape(logits)}" if isinstance(logits, Tensor) else type(logits).__name__
+        raise ValueError(f"Expected argument `logits` to be a floating (N, C) tensor, but got {got}.")
+    V.check_target_shape(target, logits.shape[0])
+    if not validate_args or not len(target):
+        return
+    keep = target != ignore_index
+    stats = torch.stack([logits.double().sum(), *torch.aminmax(torch.where(keep, target, 0).double())]).tolist()
+    if not math.isfinite(stats[0]):
+        raise ValueError(
+            f"Expected argument `logits` to be finite, but got {int((~torch.isfinite(logits)).sum())} NaN or infinite "
+            "values; a temperature fitted on them would mean nothing."
+        )
+    C = logits.shape[1]
+    if stats[1] < 0 or stats[2] >= C:
+        raise ValueError(
+            f"Expected argument `target` to hold class indices in [0, {C - 1}] (or ignore_index={ignore_index}), "
+            f"but got values from {int(stats[1])} to {int(stats[2])}."
+        )
+
+
 def _temperature_update(logits: Tensor, target: Tensor, ignore_index: int) -> tuple[Tensor, Tensor]:
     """Summed NLL of ``logits / T`` for every grid temperature ``(G,)``, and the number of instances."""
     keep = target != ignore_index
@@ -73,6 +96,7 @@ def fit_temperature(logits: Tensor, target: Tensor, ignore_index: int = -100) ->
         >>> round(fit_temperature(5.0 * logits, target) / t1, 2)   # over-confident by a factor of 5
         5.0
     """
+    _check_temperature_inputs(logits, target, V.check_ignore_index(ignore_index, optional=False), True)
     return _temperature_compute(*_temperature_update(logits, target, ignore_index))
 
 
@@ -84,6 +108,8 @@ class TemperatureFit(_AdditiveStateMetric):
 
     Args:
         ignore_index: targets with this value are skipped.
+        validate_args: check that the logits are finite and the targets in ``[0, C)`` (one host sync
+            per batch); shapes and dtypes are always checked.
         kwargs: passed to :class:`torchmetrics.Metric`.
 
     Example::
@@ -100,8 +126,9 @@ class TemperatureFit(_AdditiveStateMetric):
         0.5
     """
 
-    def __init__(self, ignore_index: int = -100, **kwargs: Any) -> None:
+    def __init__(self, ignore_index: int = -100, validate_args: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.validate_args = V.check_bool("validate_args", validate_args)
         self.ignore_index = V.check_ignore_index(ignore_index, optional=False)
         self._add_states(
             {
@@ -112,6 +139,7 @@ class TemperatureFit(_AdditiveStateMetric):
 
     def update(self, logits: Tensor, target: Tensor) -> None:
         """Add a batch of fused logits ``(B, C)`` and targets ``(B,)``."""
+        _check_temperature_inputs(logits, target, self.ignore_index, self.validate_args)
         nll, count = _temperature_update(logits, target, self.ignore_index)
         self._accumulate({"nll": nll, "count": count})
 

@@ -64,3 +64,68 @@ def test_an_empty_validation_batch_is_skipped(tmp_path: Path) -> None:
     t.fit(ThreeHeadNet(), train, DataLoader(batches, batch_size=None))
     assert 0.0 <= float(t.callback_metrics["val/acc"]) <= 1.0
     assert "val/reliability/fused/acc" in monitor.last_metrics
+
+
+def test_prediction_file_writer_keeps_every_predict_loader(tmp_path: Path) -> None:
+    """Item 7: only the first predict dataloader's rows were written."""
+    from lightning_mmloss.experiments.cli import PredictionFileWriter
+
+    model = ThreeHeadNet()
+    _, val = loaders(n_val=48, batch_size=16)
+    _, other = loaders(n_val=32, batch_size=16)
+    writer = PredictionFileWriter(str(tmp_path))
+    trainer(tmp_path, callbacks=[writer]).predict(model, [val, other], return_predictions=False)
+    out = torch.load(writer.path)
+    assert out["probs"].shape == (80, 3) and out["preds"].shape == (80,)
+    assert out["dataloader_idx"].tolist() == [0] * 48 + [1] * 32
+
+
+def test_a_reused_monitor_counts_each_fit_from_zero_and_compute_says_when(tmp_path: Path) -> None:
+    """Item 14: a second fit with the same every_n_epochs=2 monitor could skip every epoch; compute() was a KeyError."""
+    train, val = loaders(n_train=64, n_val=32)
+    monitor = SubgroupMonitor(every_n_epochs=2, print_summary=False, images_every_n_epochs=None)
+    trainer(tmp_path / "a", max_epochs=3, callbacks=[monitor]).fit(ThreeHeadNet(), train, val)
+    assert monitor.epochs_logged == 2  # runs 0 and 2
+    monitor.last_metrics = {}
+    trainer(tmp_path / "b", max_epochs=1, callbacks=[monitor]).fit(ThreeHeadNet(), train, val)
+    assert monitor.epochs_logged == 1 and "val/reliability/fused/acc" in monitor.last_metrics
+    with pytest.raises(RuntimeError, match="last_metrics"):
+        SubgroupMonitor().compute()
+
+
+@pytest.mark.parametrize("every", [1, 2])
+def test_early_stopping_on_a_key_the_monitor_skips_is_refused(tmp_path: Path, every: int) -> None:
+    """Item 2: with every_n_epochs=2, EarlyStopping(patience=1) stopped a 6-epoch fit after 2 epochs."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    train, val = loaders(n_train=64, n_val=32)
+    monitor = SubgroupMonitor(every_n_epochs=every, print_summary=False, images_every_n_epochs=None)
+    stop = EarlyStopping(monitor="val/reliability/fused/acc", mode="max", patience=1)
+    t = trainer(tmp_path, max_epochs=2, callbacks=[monitor, stop])
+    if every == 1:
+        t.fit(ThreeHeadNet(), train, val)  # fresh values every epoch: allowed
+    else:
+        with pytest.raises(ValueError, match="check_val_every_n_epoch=2"):
+            t.fit(ThreeHeadNet(), train, val)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_a_gpu_asked_for_without_one_is_one_line(tmp_path: Path) -> None:
+    """Item 16: Lightning's traceback instead of a message."""
+    import subprocess
+    import sys
+
+    from lightning_mmloss.experiments.cli import main
+
+    with pytest.raises(SystemExit, match="asks for a GPU"):
+        main(["compare", "--accelerator", "gpu", "--output", str(tmp_path / "o")])
+    with pytest.raises(SystemExit, match="asks for a GPU"):
+        main(["fit", "--config", "examples/configs/synthetic_ehh.yaml", "--trainer.accelerator=gpu"])
+    root = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, str(root / "examples" / "ddp_launch.py"), "--accelerator", "gpu"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "asks for a GPU" in proc.stderr and "Traceback" not in proc.stderr

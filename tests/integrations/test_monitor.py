@@ -224,9 +224,13 @@ def test_warns_when_a_fit_logs_nothing(tmp_path: Path) -> None:
     model = ThreeHeadNet()
     train, val = loaders()
     monitor = SubgroupMonitor(every_n_epochs=5, print_summary=False, images_every_n_epochs=None)
-    monitor.val_runs = 1  # as if resumed after the first validation run: the next 4 are skipped
+
+    class AsIfResumed(L.Callback):  # after the first validation run (as a checkpoint restores it, after setup)
+        def on_fit_start(self, trainer, pl_module) -> None:
+            monitor.val_runs = 1  # the next 4 are skipped
+
     with pytest.warns(UserWarning, match="SubgroupMonitor logged nothing in this fit"):
-        trainer(tmp_path, max_epochs=2, callbacks=[monitor]).fit(model, train, val)
+        trainer(tmp_path, max_epochs=2, callbacks=[AsIfResumed(), monitor]).fit(model, train, val)
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # torch's compiler stack about itself, on import

@@ -154,3 +154,22 @@ def test_uci_data_dir_that_is_a_file(tmp_path: Path) -> None:
     f.write_text("x")
     with pytest.raises(FileNotFoundError, match=r"is a file, not a directory"):
         UCIMultipleFeaturesDataModule(str(f)).setup()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"n_train": 0}, ValueError),
+        ({"n_val": 0}, ValueError),
+        ({"num_features": 0}, ValueError),
+        ({"seed": 1.5}, TypeError),
+        ({"seed": 2**63}, ValueError),
+        ({"conflict_fraction": "0.3"}, TypeError),
+    ],
+)
+def test_synthetic_sizes_and_seeds_are_not_silently_replaced(kwargs: dict, error: type) -> None:
+    """Issue 17 item 5: 0 used to mean 'the preset's size', 1.5 became 1."""
+    from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
+
+    with pytest.raises(error, match=next(iter(kwargs))):
+        SyntheticMultimodalDataModule("ehh", preset="tiny", **kwargs)

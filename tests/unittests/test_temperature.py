@@ -91,3 +91,22 @@ def test_load_refuses_a_temperature_that_is_not_positive_and_finite(bad: float) 
     with pytest.raises(ValueError, match="temperature"):
         crit.load_state_dict(state)
     assert float(crit.temperature) == pytest.approx(1.7)  # refused before anything was copied
+
+
+@pytest.mark.parametrize(
+    ("logits", "target", "error", "match"),
+    [
+        (torch.tensor([[float("inf"), 0.0], [0.0, 1.0]]), torch.tensor([0, 1]), ValueError, "finite"),
+        (torch.tensor([[float("nan"), 0.0], [0.0, 1.0]]), torch.tensor([0, 1]), ValueError, "finite"),
+        (torch.zeros(2, 2), torch.tensor([0.0, 1.0]), TypeError, "integer"),
+        (torch.zeros(2, 2), torch.tensor([0, 2]), ValueError, r"\[0, 1\]"),
+        (torch.zeros(2, 2), torch.tensor([0, 1, 1]), ValueError, "shape"),
+        (torch.zeros(2), torch.tensor([0, 1]), ValueError, r"\(N, C\)"),
+    ],
+)
+def test_fit_temperature_refuses_bad_input(logits, target, error, match) -> None:
+    """Issue 17 item 9: inf logits gave T=0.05, float targets were truncated, the rest were index errors."""
+    with pytest.raises(error, match=match):
+        fit_temperature(logits, target)
+    with pytest.raises(error, match=match):
+        TemperatureFit().update(logits, target)

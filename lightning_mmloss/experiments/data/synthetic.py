@@ -108,18 +108,24 @@ class SyntheticMultimodalDataModule(_SplitsDataModule):
         base = PRESETS[V.check_choice("preset", preset, tuple(PRESETS))]
         self.num_classes = V.check_int("num_classes", num_classes, 2)
         self.num_modalities = V.check_int("num_modalities", num_modalities, 2 if scenario == "conflict" else 1)
-        self.num_features = V.check_int("num_features", num_features or base["num_features"], 1)
-        self.n_train = V.check_int("n_train", n_train or base["n_train"], 1)
-        self.n_val = V.check_int("n_val", n_val or base["n_val"], 1)
-        self.n_test = V.check_int("n_test", n_test or base["n_test"], 1)
+        # None: the preset's size; 0 is an error, not the preset (it was silently replaced before)
+        sizes = {"num_features": num_features, "n_train": n_train, "n_val": n_val, "n_test": n_test}
+        for name, value in sizes.items():
+            setattr(self, name, V.check_int(name, base[name] if value is None else value, 1))
+        if signal is not None and (isinstance(signal, bool) or not isinstance(signal, (int, float))):
+            raise TypeError(f"Expected argument `signal` to be a float, but got {signal!r}.")
         self.signal = float(signal if signal is not None else base["signal"])
         if not math.isfinite(self.signal) or self.signal < 0:
             raise ValueError(f"Expected argument `signal` to be a finite float >= 0, but got {signal!r}.")
+        if isinstance(conflict_fraction, bool) or not isinstance(conflict_fraction, (int, float)):
+            raise TypeError(f"Expected argument `conflict_fraction` to be a float, but got {conflict_fraction!r}.")
         if not 0.0 <= conflict_fraction <= 1.0:
             raise ValueError(f"Expected argument `conflict_fraction` to be in [0, 1], but got {conflict_fraction!r}.")
         self.conflict_fraction = float(conflict_fraction)
-        self.batch_size = V.check_int("batch_size", batch_size, 0)
-        self.seed = int(seed)
+        self.batch_size = V.check_int("batch_size", batch_size, 0)  # 0: a whole split per batch
+        self.seed = V.check_int("seed", seed, 0)
+        if self.seed >= 2**63:
+            raise ValueError(f"Expected argument `seed` to be below 2**63 (torch.Generator's range), but got {seed}.")
         self.num_workers = V.check_int("num_workers", num_workers, 0)
         self.save_hyperparameters()
         self.splits: dict[str, MultiviewDataset] = {}
