@@ -277,13 +277,24 @@ def check_target_shape(target: Any, batch: int, device: torch.device | None = No
     return target.long()  # int32/uint8 class indices work too; cross-entropy wants int64
 
 
+def functorch_active() -> bool:
+    """True inside ``torch.func`` transforms (``vmap``, ``grad``, ...): values cannot be read back there.
+
+    Not asked while ``torch.compile`` traces (the query would break the graph; compiled code runs
+    the fused path).
+    """
+    return not torch.compiler.is_compiling() and torch._C._functorch.peek_interpreter_stack() is not None
+
+
 def _compiling() -> bool:
-    """True while ``torch.compile`` traces or a CUDA graph is captured: value checks need a host sync.
+    """True while ``torch.compile`` traces, a CUDA graph is captured or a ``torch.func`` transform runs.
+
+    Value checks need a host sync (under ``torch.func`` a read-back of batched values).
 
     A sync would break the compiled graph (``fullgraph=True`` fails) or the capture (CUDA refuses
     it), so the checks are skipped there; run the model eagerly once to have them.
     """
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or functorch_active():
         return True
     return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 

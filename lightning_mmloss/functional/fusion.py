@@ -233,8 +233,11 @@ def _pool_from_attention(spec: FusionSpec) -> bool:
 
 
 def _uses_fused_path(spec: FusionSpec) -> bool:
-    """Whether :class:`_FusionFunction` computes this fusion (else :func:`_fuse_composite`)."""
-    return spec.backend == "fused" and _pool_from_attention(spec)
+    """Whether :class:`_FusionFunction` computes this fusion (else :func:`_fuse_composite`).
+
+    Inside ``torch.func`` transforms (``vmap``, ``grad``) the composite runs: they need plain ops.
+    """
+    return spec.backend == "fused" and _pool_from_attention(spec) and not V.functorch_active()
 
 
 class _Raw(NamedTuple):

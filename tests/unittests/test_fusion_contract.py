@@ -98,3 +98,15 @@ def test_functional_refuses_duplicate_modality_names() -> None:
     u = {"a": torch.randn(4, 3)}
     with pytest.raises(ValueError, match="modality_names"):
         multimodal_fuse(u, torch.rand(6, 6), modality_names=["a", "a"])
+
+
+def test_torch_func_grad_and_vmap_run_with_the_defaults() -> None:
+    """Issue 17 item 12: the default backend failed inside torch.func ('setup_context', 'data pointer')."""
+    crit = MultiModalLoss(3, 2, 2)
+    u, y, _ = _case(B=6, M=2, C=3, K=2)
+    grad = torch.func.grad(lambda x: crit(x, y))(u)
+    leaf = u.clone().requires_grad_(True)
+    crit(leaf, y).backward()
+    torch.testing.assert_close(grad, leaf.grad, rtol=1e-5, atol=1e-7)
+    batched = torch.func.vmap(lambda x: crit(x, y))(torch.stack([u, 2 * u]))
+    torch.testing.assert_close(batched, torch.stack([crit(u, y), crit(2 * u, y)]).detach(), rtol=1e-5, atol=1e-7)
