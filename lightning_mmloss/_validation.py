@@ -19,6 +19,8 @@ POOLINGS = ("reference", "softtriple")
 BACKENDS = ("fused", "autograd")
 ACTIVATIONS = ("softmax", "identity")
 REDUCTIONS = ("mean", "sum", "none")
+MAX_GAMMA = 1e6
+MAX_PROXY_ELEMENTS = 2**32  # 16 GiB of float32 proxies: a typo, not a model
 
 
 def _shape(t: Tensor) -> str:
@@ -63,6 +65,8 @@ def check_gamma(gamma: Any) -> float:
         raise TypeError(f"Expected argument `gamma` to be a positive float, but got {type(gamma).__name__} {gamma!r}.")
     if not math.isfinite(gamma) or gamma <= 0:
         raise ValueError(f"Expected argument `gamma` to be a finite float > 0, but got {gamma!r}.")
+    if gamma > MAX_GAMMA:  # gamma**2 enters the normalisation; beyond this the attention is uniform anyway
+        raise ValueError(f"Expected argument `gamma` to be at most {MAX_GAMMA:g}, but got {gamma!r}.")
     return float(gamma)
 
 
@@ -115,7 +119,19 @@ def check_class_weight(class_weight: Tensor | Sequence[float] | None, num_classe
     """Return ``class_weight`` as a float tensor of shape ``(C,)`` with finite non-negative entries."""
     if class_weight is None:
         return None
-    w = torch.as_tensor(class_weight)
+    if isinstance(class_weight, (str, bytes)) or not isinstance(class_weight, (Tensor, Sequence)):
+        raise TypeError(
+            f"Expected argument `class_weight` to be a tensor or sequence of {num_classes} floats, but got "
+            f"{type(class_weight).__name__} {class_weight!r}."
+        )
+    try:
+        w = torch.as_tensor(class_weight)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise TypeError(
+            f"Expected argument `class_weight` to hold {num_classes} numbers, but got {class_weight!r}."
+        ) from err
+    if w.is_complex() or w.dtype == torch.bool:
+        raise TypeError(f"Expected argument `class_weight` to hold real numbers, but got dtype {w.dtype}.")
     if not w.is_floating_point():
         w = w.to(torch.get_default_dtype())
     if w.shape != (num_classes,):

@@ -152,6 +152,14 @@ class MultiModalLoss(nn.Module):
         if not isinstance(validate_args, bool):
             raise TypeError(f"Expected argument `validate_args` to be a bool, but got {validate_args!r}.")
         self.validate_args = validate_args
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"Expected argument `dtype` to be a floating dtype (the proxies'), but got {dtype!r}.")
+        size = num_classes * self.spec.proxies_per_class * m * num_classes
+        if size > V.MAX_PROXY_ELEMENTS:
+            raise ValueError(
+                f"Expected C*K x M*C proxy entries <= {V.MAX_PROXY_ELEMENTS}, but got {size} "
+                f"(num_classes={num_classes}, proxies_per_class={self.spec.proxies_per_class}, {m} modalities)."
+            )
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(num_classes * self.spec.proxies_per_class, m * num_classes, **factory))
         cw = V.check_class_weight(class_weight, num_classes)
@@ -162,6 +170,13 @@ class MultiModalLoss(nn.Module):
         self.register_buffer("temperature", torch.ones((), device=device, dtype=torch.float32))
         self.proxy_init = V.check_choice("proxy_init", proxy_init, PROXY_INITS)
         self.reset_parameters()
+
+    def __prepare_scriptable__(self) -> MultiModalLoss:
+        """TorchScript cannot compile this module: say so, and what to use instead."""
+        raise TypeError(
+            "MultiModalLoss does not support TorchScript (torch.jit.script/trace): use torch.compile for speed, or "
+            "torch.export to deploy."
+        )
 
     # -- configuration shortcuts ----------------------------------------------------------
     @property
@@ -291,6 +306,8 @@ class MultiModalLoss(nn.Module):
         terms, the fused cross-entropy and the auxiliary unimodal cross-entropy
         (``loss = fused + aux_weight * aux``), e.g. to log them separately.
         """
+        if torch.jit.is_tracing():
+            self.__prepare_scriptable__()  # raises: tracing would freeze the checks and the Python branches
         loss, fused, aux, _ = self._loss(unimodal_logits, target, modality_mask, terms=return_terms)
         return (loss, fused, aux) if return_terms else loss  # type: ignore[return-value]
 

@@ -231,6 +231,8 @@ class MultiModalLossMixin:
                     "return it from your dataset or override `get_target(batch)`."
                 )
             return batch["target"]
+        if isinstance(batch, tuple) and "target" in getattr(batch, "_fields", ()):
+            return batch.target  # a namedtuple: its `target` field, wherever it stands
         if isinstance(batch, (tuple, list)):
             if len(batch) < 2:
                 raise ValueError(

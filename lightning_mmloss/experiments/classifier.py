@@ -120,6 +120,12 @@ class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
             options = {**(PAPER_OPTIONS if paper else {}), "gamma": gamma}
             if aux_weight is not None:
                 options["aux_weight"] = aux_weight
+            given = (loss_options or {}).get("aux_weight", aux_weight)
+            if aux_weight is not None and given != aux_weight:  # it silently won before
+                raise ValueError(
+                    f"Expected one `aux_weight`, but got aux_weight={aux_weight} and loss_options={loss_options}; "
+                    "pass it once."
+                )
             options.update(loss_options or {})
             calibrate = (not paper) if calibrate is None else calibrate
         self.configure_multimodal(

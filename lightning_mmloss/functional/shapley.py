@@ -175,6 +175,11 @@ def _shapley(
         if target_class is None:
             cls = _fuse(u, weight, mask, spec).logits.argmax(dim=-1)
         else:
+            if isinstance(target_class, bool) or not isinstance(target_class, (int, float, Tensor)):
+                raise TypeError(
+                    f"Expected argument `target_class` to be an int or a tensor of class indices, but got "
+                    f"{type(target_class).__name__} {target_class!r}."
+                )
             cls = torch.as_tensor(target_class, device=u.device)
             if cls.is_floating_point() or cls.dtype == torch.bool:
                 raise TypeError(f"Expected argument `target_class` to be integer class indices, but got {cls.dtype}.")

@@ -129,3 +129,52 @@ def test_a_gpu_asked_for_without_one_is_one_line(tmp_path: Path) -> None:
         timeout=120,
     )
     assert proc.returncode != 0 and "asks for a GPU" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"class_weight": "abc"}, TypeError, "class_weight"),
+        ({"class_weight": [1 + 1j, 1.0, 1.0]}, TypeError, "real numbers"),
+        ({"dtype": torch.int64}, TypeError, "floating dtype"),
+        ({"dtype": torch.bool}, TypeError, "floating dtype"),
+        ({"gamma": 2e19}, ValueError, "gamma"),
+        ({"proxies_per_class": 2**62}, ValueError, "proxy entries"),
+    ],
+)
+def test_odd_constructor_values_get_clear_errors(kwargs: dict, error: type, match: str) -> None:
+    """Item 15 (part), item 10 (complex class weights lost their imaginary part)."""
+    with pytest.raises(error, match=match):
+        MultiModalLoss(3, 2, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.* is deprecated:DeprecationWarning")
+def test_torchscript_says_what_to_use_and_shapley_target_class_must_be_an_int() -> None:
+    crit = MultiModalLoss(3, 2, 2)
+    u, y = torch.randn(4, 2, 3), torch.tensor([0, 1, 2, 0])
+    with pytest.raises(TypeError, match=r"torch\.compile"):
+        torch.jit.script(crit)
+    with pytest.raises(TypeError, match=r"torch\.compile"):
+        torch.jit.trace(crit, (u, y))
+    with pytest.raises(TypeError, match="target_class"):
+        crit.shapley(u, target_class="0")
+
+
+def test_namedtuple_batches_use_their_target_field(tmp_path: Path) -> None:
+    from collections import namedtuple
+
+    Batch = namedtuple("Batch", ["target", "audio", "video", "text"])
+    net = ThreeHeadNet()
+    b = Batch(torch.tensor([0, 1]), torch.randn(2, 6), torch.randn(2, 6), torch.randn(2, 6))
+    assert torch.equal(net.get_target(b), b.target)
+
+
+def test_float_targets_and_a_second_aux_weight_are_refused() -> None:
+    from lightning_mmloss.experiments.classifier import MultiModalClassifier
+    from lightning_mmloss.experiments.data import MultiviewDataset
+
+    with pytest.raises(TypeError, match="integer class indices"):
+        MultiviewDataset({"a": torch.randn(3, 2)}, torch.tensor([0.0, 1.5, 1.0]))
+    with pytest.raises(ValueError, match="one `aux_weight`"):
+        MultiModalClassifier(["a", "b"], {"a": 2, "b": 2}, 2, aux_weight=0.3, loss_options={"aux_weight": 0.9})

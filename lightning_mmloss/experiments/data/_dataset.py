@@ -32,6 +32,14 @@ class MultiviewDataset(Dataset):
     def __init__(self, views: Mapping[str, Tensor], target: Tensor, informative: Tensor | None = None) -> None:
         self.names = list(views)
         self.views = {k: v.float() for k, v in views.items()}
+        if (
+            not isinstance(target, Tensor)
+            or target.is_floating_point()
+            or target.is_complex()
+            or target.dtype == torch.bool
+        ):
+            got = target.dtype if isinstance(target, Tensor) else type(target).__name__
+            raise TypeError(f"Expected argument `target` to hold integer class indices, but got {got}.")
         self.target = target.long()
         n = len(self.target)
         for name, v in self.views.items():
