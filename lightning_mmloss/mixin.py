@@ -335,7 +335,7 @@ class MultiModalLossMixin:
             loss, _ = self.mm_baseline.loss(u, target, mask, reduce=lambda t: strategy.reduce(t, reduce_op="sum"))
             if self.mm_fusion == "ogm_ge":
                 for name, k in zip(self.mm_names, self.mm_baseline.ogm_coefficients.tolist(), strict=True):
-                    log(f"train/ogm_coeff/{name}", k, on_step=False, on_epoch=True, batch_size=n)
+                    log(f"train/ogm_coeff/{name}", k, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
         extra = self.extra_loss(batch, u)
         if extra is not None:
             log("train/extra_loss", extra, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
@@ -538,7 +538,8 @@ class MultiModalLossMixin:
         if fit is None or not self._calibrating() or not fit.update_called:
             return
         current = self._temperature()
-        self.log("val/temperature", current.detach().clone(), on_epoch=True)  # type: ignore[attr-defined]
+        # the same on every rank (fitted from synchronised statistics); sync_dist keeps Lightning quiet
+        self.log("val/temperature", current.detach().clone(), on_epoch=True, sync_dist=True)  # type: ignore[attr-defined]
         temperature = fit.compute()  # synchronised over processes: every rank sets the same value
         current.fill_(float(temperature))
         fit.reset()

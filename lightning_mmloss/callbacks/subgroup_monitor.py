@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -394,11 +393,11 @@ class SubgroupMonitor(Callback):
         # Through LightningModule.log, so that they are where Lightning users look: in
         # callback_metrics (ModelCheckpoint, EarlyStopping, the parent process of ddp_spawn), in
         # what trainer.validate()/test() return, and in every logger. The values are already
-        # synchronised across processes (the metrics' states were reduced): no second sync.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*sync_dist=True.*")  # see above
-            for name, value in scalars.items():
-                pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=False, add_dataloader_idx=False)
+        # synchronised across processes (the metrics' states were reduced), so sync_dist's mean of
+        # equal values changes nothing; it is asked for so that Lightning does not warn, once per
+        # key, that epoch-level values should be synchronised (a few tiny all-reduces per epoch).
+        for name, value in scalars.items():
+            pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, add_dataloader_idx=False)
         self._last_metrics = scalars
         every = self.images_every_n_epochs
         if every is not None and (prefix == "test" or self.epochs_logged % every == 0):
