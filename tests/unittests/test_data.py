@@ -173,3 +173,22 @@ def test_synthetic_sizes_and_seeds_are_not_silently_replaced(kwargs: dict, error
 
     with pytest.raises(error, match=next(iter(kwargs))):
         SyntheticMultimodalDataModule("ehh", preset="tiny", **kwargs)
+
+
+def test_uci_repository_format_is_read_like_the_csv_files(tmp_path: Path) -> None:
+    """Issue 17 item 17: the loader pointed to UCI's files and then refused their format."""
+    from conftest import UCI_DIR
+    from lightning_mmloss.experiments.data.uci_mfeat import VIEWS, load_views
+
+    csv_views, csv_labels = load_views(UCI_DIR)
+    for file in VIEWS.values():
+        rows = (Path(UCI_DIR) / file).read_text().splitlines()[1:]
+        raw = "\n".join("  ".join(r.split(",")[:-1]) for r in rows if r.strip())  # no header, no label
+        (tmp_path / file.removesuffix(".csv")).write_text(raw + "\n")
+    views, labels = load_views(tmp_path)
+    assert torch.equal(labels, csv_labels)
+    for name in VIEWS:
+        torch.testing.assert_close(views[name], csv_views[name])
+    (tmp_path / "mfeat-mor").write_text("1 2 3\n")
+    with pytest.raises(ValueError, match="2000 rows of 6 numbers"):
+        load_views(tmp_path)

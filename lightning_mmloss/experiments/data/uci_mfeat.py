@@ -106,22 +106,58 @@ def _read_view(path: Path, num_features: int) -> tuple[Tensor, Tensor]:
     return torch.from_numpy(values[:, :-1]).float(), torch.from_numpy(labels).long()
 
 
+def _read_uci_view(path: Path, num_features: int) -> tuple[Tensor, Tensor]:
+    """One view in the UCI repository's own format: 2000 rows of space-separated numbers, no header, no labels.
+
+    The labels follow from the order (the dataset's description: 200 instances of digit 0, then
+    200 of each of 1..9).
+    """
+    try:
+        values = np.loadtxt(path, dtype=np.float64, ndmin=2)
+    except ValueError as err:
+        raise ValueError(f"Expected {str(path)!r} to hold space-separated numbers (UCI's format), but: {err}") from err
+    n = NUM_CLASSES * 200
+    if values.shape != (n, num_features):
+        raise ValueError(
+            f"Expected {str(path)!r} (UCI's format) to hold {n} rows of {num_features} numbers, but got "
+            f"{values.shape[0]} rows of {values.shape[1]}."
+        )
+    if not np.isfinite(values).all():
+        r, c = (int(i) for i in np.argwhere(~np.isfinite(values))[0])
+        raise ValueError(f"Expected a finite number in row {r + 1}, column {c + 1} of {str(path)!r}.")
+    labels = torch.arange(n) // 200
+    return torch.from_numpy(values).float(), labels
+
+
 def load_views(data_dir: str | Path) -> tuple[dict[str, Tensor], Tensor]:
-    """Read and check the six CSV files (header row, then features and the label in the last column)."""
+    """Read and check the six views: our CSV files, or the UCI repository's own files.
+
+    Per view, ``mfeat-<view>.csv`` (a header row, then the features and the label in the last
+    column) or, where that is absent, the repository's ``mfeat-<view>`` (space-separated, no
+    header; labels from the order).
+    """
     root = Path(data_dir)
     if not root.is_dir():
         what = "is a file, not a directory" if root.exists() else "does not exist"
         raise FileNotFoundError(
             f"Expected argument `data_dir` to be a directory holding the UCI Multiple Features CSV files, but "
-            f"{str(root)!r} {what}. Get the data from {SOURCE} (one CSV per view: {', '.join(VIEWS.values())})."
+            f"{str(root)!r} {what}. Get the data from {SOURCE} (one CSV per view: {', '.join(VIEWS.values())}; "
+            "or the repository's own mfeat-* files, as they are)."
         )
     views: dict[str, Tensor] = {}
     labels = None
     for name, file in VIEWS.items():
-        path = root / file
-        if not path.is_file():
-            raise FileNotFoundError(f"Expected the file {file!r} in {str(root)!r} (view {name!r}), but it is missing.")
-        x, y = _read_view(path, FEATURES[name])
+        path, raw = root / file, root / file.removesuffix(".csv")
+        if path.is_file():
+            x, y = _read_view(path, FEATURES[name])
+        elif raw.is_file():
+            path = raw
+            x, y = _read_uci_view(raw, FEATURES[name])
+        else:
+            raise FileNotFoundError(
+                f"Expected the file {file!r} (or UCI's own {raw.name!r}) in {str(root)!r} (view {name!r}), but both "
+                "are missing."
+            )
         if labels is None:
             labels = y
         elif not torch.equal(labels, y):
