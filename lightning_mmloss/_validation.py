@@ -20,6 +20,7 @@ BACKENDS = ("fused", "autograd")
 ACTIVATIONS = ("softmax", "identity")
 REDUCTIONS = ("mean", "sum", "none")
 MAX_GAMMA = 1e6
+MIN_GAMMA = 1e-6
 MAX_PROXY_ELEMENTS = 2**32  # 16 GiB of float32 proxies: a typo, not a model
 
 
@@ -67,6 +68,8 @@ def check_gamma(gamma: Any) -> float:
         raise ValueError(f"Expected argument `gamma` to be a finite float > 0, but got {gamma!r}.")
     if gamma > MAX_GAMMA:  # gamma**2 enters the normalisation; beyond this the attention is uniform anyway
         raise ValueError(f"Expected argument `gamma` to be at most {MAX_GAMMA:g}, but got {gamma!r}.")
+    if gamma < MIN_GAMMA:  # S / gamma must stay finite in float32 (the attention is one-hot long before)
+        raise ValueError(f"Expected argument `gamma` to be at least {MIN_GAMMA:g}, but got {gamma!r}.")
     return float(gamma)
 
 

@@ -158,7 +158,7 @@ class MultiModalLoss(nn.Module):
         if size > V.MAX_PROXY_ELEMENTS:
             raise ValueError(
                 f"Expected C*K x M*C proxy entries <= {V.MAX_PROXY_ELEMENTS}, but got {size} "
-                f"(num_classes={num_classes}, proxies_per_class={self.spec.proxies_per_class}, {m} modalities)."
+                f"(num_classes={num_classes}, proxies_per_class={self.spec.proxies_per_class}, num_modalities={m})."
             )
         factory: dict[str, Any] = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(num_classes * self.spec.proxies_per_class, m * num_classes, **factory))

@@ -49,7 +49,10 @@ class LossOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "label_smoothing", V.check_label_smoothing(self.label_smoothing))
-        object.__setattr__(self, "aux_weight", V.check_nonnegative("aux_weight", self.aux_weight))
+        aux = V.check_nonnegative("aux_weight", self.aux_weight)
+        if aux > 1e6:  # a weight that large would overflow float32 products of the loss terms
+            raise ValueError(f"Expected argument `aux_weight` to be at most 1e6, but got {aux!r}.")
+        object.__setattr__(self, "aux_weight", aux)
         V.check_choice("reduction", self.reduction, V.REDUCTIONS)
         if isinstance(self.ignore_index, bool) or not isinstance(self.ignore_index, int):
             raise TypeError(f"Expected argument `ignore_index` to be an int, but got {self.ignore_index!r}.")
