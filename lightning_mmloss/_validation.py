@@ -217,6 +217,19 @@ def coerce_unimodal(
     return torch.stack(parts, dim=1)
 
 
+def stack_checked(
+    unimodal_logits: Tensor | Sequence[Tensor] | Mapping[str, Tensor],
+    names: tuple[str, ...] | None,
+    num_modalities: int,
+    num_classes: int,
+    modality_mask: Tensor | None,
+) -> tuple[Tensor, Tensor | None]:
+    """``(u, mask)``: any accepted input form as a checked ``(B, M, C)`` tensor, and the checked mask."""
+    u = coerce_unimodal(unimodal_logits, names, num_modalities)
+    check_unimodal_tensor(u, num_modalities, num_classes)
+    return u, check_mask(modality_mask, u.shape[0], num_modalities, u.device)
+
+
 def check_unimodal_tensor(u: Tensor, num_modalities: int | None, num_classes: int | None) -> None:
     """Check rank, dtype, ``M`` and ``C`` of a stacked ``(B, M, C)`` input."""
     m = "M" if num_modalities is None else f"M={num_modalities}"

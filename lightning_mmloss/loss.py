@@ -280,10 +280,9 @@ class MultiModalLoss(nn.Module):
 
     # -- computation ----------------------------------------------------------------------
     def _prepare(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
-        u = V.coerce_unimodal(unimodal_logits, self.modality_names, self.num_modalities)
-        V.check_unimodal_tensor(u, self.num_modalities, self.num_classes)
-        mask = V.check_mask(modality_mask, u.shape[0], self.num_modalities, u.device)
-        return u, mask
+        return V.stack_checked(
+            unimodal_logits, self.modality_names, self.num_modalities, self.num_classes, modality_mask
+        )
 
     def _prepare_checked(
         self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None

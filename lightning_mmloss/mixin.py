@@ -345,10 +345,10 @@ class MultiModalLossMixin:
 
     def _checked_inputs(self, batch: Any, with_target: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``(u, target, mask)`` of a batch for a baseline fusion, checked as the MultiModal loss checks."""
-        names, M, C = self.mm_modality_names, self._num_modalities(), self.mm_num_classes
-        u = V.coerce_unimodal(self.unimodal_logits(batch), names, M)
-        V.check_unimodal_tensor(u, M, C)
-        mask = V.check_mask(self.get_modality_mask(batch), u.shape[0], M, u.device)
+        names, C = self.mm_modality_names, self.mm_num_classes
+        u, mask = V.stack_checked(
+            self.unimodal_logits(batch), names, self._num_modalities(), C, self.get_modality_mask(batch)
+        )
         target = V.check_target_shape(self.get_target(batch), u.shape[0], u.device) if with_target else None
         V.check_values(u, mask, "softmax", names, target, C, self.mm_ignore_index)
         return u, target, mask
@@ -534,6 +534,7 @@ class MultiModalLossMixin:
     def on_validation_epoch_end(self) -> None:
         """Calibration: log the temperature this epoch used, then refit it on this epoch's data (``fit`` only)."""
         super().on_validation_epoch_end()  # type: ignore[misc]
+        self.__dict__.pop("_mm_step_cache", None)  # do not keep the epoch's last batch alive
         fit = getattr(self, "mm_temperature_fit", None)
         if fit is None or not self._calibrating() or not fit.update_called:
             return

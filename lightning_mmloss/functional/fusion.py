@@ -495,7 +495,7 @@ def _prepare(
     modality_names: Sequence[str] | None,
     validate_args: bool,
     options: FusionOptions,
-) -> tuple[Tensor, Tensor | None, FusionSpec]:
+) -> tuple[Tensor, Tensor | None, FusionSpec, tuple[str, ...] | None]:
     """Stack and check the input, build the spec; with ``validate_args`` also check the values.
 
     The one place where the functional layer checks its inputs.
@@ -507,7 +507,7 @@ def _prepare(
     mask = V.check_mask(modality_mask, u.shape[0], u.shape[1], u.device)
     if validate_args:
         V.check_values(u, mask, spec.activation, names, weight=weight)
-    return u, mask, spec
+    return u, mask, spec, names
 
 
 def multimodal_logits(
@@ -554,7 +554,7 @@ def multimodal_logits(
         torch.Size([4, 3])
     """
     opts = _options(options, option_kwargs)
-    u, mask, spec = _prepare(unimodal_logits, weight, modality_mask, modality_names, validate_args, opts)
+    u, mask, spec, _ = _prepare(unimodal_logits, weight, modality_mask, modality_names, validate_args, opts)
     return _fuse(u, weight, mask, spec).logits.contiguous()
 
 
@@ -587,5 +587,5 @@ def multimodal_fuse(
         True
     """
     opts = _options(options, option_kwargs)
-    u, mask, spec = _prepare(unimodal_logits, weight, modality_mask, modality_names, validate_args, opts)
+    u, mask, spec, _ = _prepare(unimodal_logits, weight, modality_mask, modality_names, validate_args, opts)
     return _analytics(_fuse(u, weight, mask, spec, analytics=True), spec)

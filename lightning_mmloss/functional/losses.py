@@ -213,28 +213,26 @@ def auxiliary_unimodal_loss(
         >>> bool(torch.allclose(auxiliary_unimodal_loss(u, y), ce))
         True
     """
+    w = None
     if modality_mask is None and class_weight is None and reduction != "none":
         # every head present and no weights: the per-instance mean over heads is the sum over
         # pairs divided by M (the same value in three fewer operators)
         M = unimodal_logits.shape[1]
         total = _pair_cross_entropy(unimodal_logits, target, None, activation, label_smoothing, ignore_index, "sum") / M
-        if reduction == "sum":
-            return total
-        n = num_valid if num_valid is not None else (target != ignore_index).sum()
-        return total / (max(n, 1) if isinstance(n, int) else n.clamp_min(1).to(total.dtype))
-    values = unimodal_cross_entropy(
-        unimodal_logits,
-        target,
-        modality_mask=modality_mask,
-        activation=activation,
-        label_smoothing=label_smoothing,
-        ignore_index=ignore_index,
-    )
-    # each instance weighs its class's weight (ignored ones are already 0)
-    w = None if class_weight is None else _target_weights(target, class_weight, ignore_index, values.dtype)
-    if reduction == "none":
-        return values if w is None else values * w
-    total = values.sum() if w is None else torch.linalg.vecdot(values, w)
+    else:
+        values = unimodal_cross_entropy(
+            unimodal_logits,
+            target,
+            modality_mask=modality_mask,
+            activation=activation,
+            label_smoothing=label_smoothing,
+            ignore_index=ignore_index,
+        )
+        # each instance weighs its class's weight (ignored ones are already 0)
+        w = None if class_weight is None else _target_weights(target, class_weight, ignore_index, values.dtype)
+        if reduction == "none":
+            return values if w is None else values * w
+        total = values.sum() if w is None else torch.linalg.vecdot(values, w)
     if reduction == "sum":
         return total
     if w is None and num_valid is not None:
@@ -348,11 +346,10 @@ def multimodal_loss(
         >>> criterion.weight.grad.shape
         torch.Size([8, 12])
     """
-    u, mask, spec = _prepare(
+    u, mask, spec, names = _prepare(
         unimodal_logits, weight, modality_mask, modality_names, False, _options(options, option_kwargs)
     )
     cw = V.check_class_weight(class_weight, spec.num_classes)
     opts = LossOptions(cw, label_smoothing, ignore_index, reduction, aux_weight)
-    names = V.check_names("modality_names", modality_names)
     target, num_valid = _check_with_target(u, target, weight, mask, spec, opts, names, validate_args)
     return _loss(u, target, weight, mask, spec, opts, num_valid)[0]

@@ -51,7 +51,7 @@ def _scored(
             tensors = {k: None if v is None else v[keep] for k, v in tensors.items()}
     target = target.long()
     if validate_args and target.numel():
-        lo, hi = (int(v) for v in torch.aminmax(target))
+        lo, hi = torch.stack(torch.aminmax(target)).tolist()  # one host sync
         if lo < 0 or hi >= num_classes:
             also = "" if ignore_index is None else f" (or ignore_index={ignore_index})"
             raise ValueError(

@@ -146,7 +146,7 @@ def modality_shapley(
         >>> bool(torch.allclose(phi.sum(dim=1), full - 1 / 4, atol=1e-6))   # v(empty) = 1/C
         True
     """
-    u, mask, spec = _prepare(
+    u, mask, spec, _ = _prepare(
         unimodal_logits, weight, modality_mask, modality_names, validate_args, _options(options, option_kwargs)
     )
     return _shapley(u, weight, mask, spec, target_class, max_rows, logit_scale)
