@@ -10,6 +10,7 @@ $cli compare --scenario instance --seeds 3 --output runs/repro/instance --resume
 $cli compare --scenario conflict --seeds 3 --output runs/repro/conflict --resume
 $cli compare --data uci-mfeat --data-dir ../shared/data/uci-mfeat --seeds 3 --proxies 10 --output runs/repro/uci_clean --resume
 $cli compare --data uci-mfeat --data-dir ../shared/data/uci-mfeat --corrupt-fraction 0.5 --seeds 3 --proxies 10 --output runs/repro/uci_corrupted --resume
+$cli compare --data uci-mfeat --data-dir ../shared/data/uci-mfeat --corrupt-fraction 0.5 --corruption swap --corrupt-views 2 --seeds 3 --proxies 10 --fusions late,mm --output runs/repro/uci_swap2 --resume
 if [ "${PAPER:-0}" = 1 ]; then
   $cli compare --scenario ehh --preset paper --hidden 500,100,20 --seeds 1 --output runs/repro/ehh_paper --resume
 fi

@@ -19,7 +19,18 @@ RECIPES = ("default", "paper")
 
 
 def mlp(in_dim: int, hidden: Sequence[int], out_dim: int) -> nn.Sequential:
-    """``in -> hidden... -> out`` with ReLU between the linear layers."""
+    """``in -> hidden... -> out`` with ReLU between the linear layers.
+
+    Raises:
+        TypeError: if ``hidden`` is not a sequence of ints.
+        ValueError: if a size is below 1 (a layer of 0 units sees no input).
+    """
+    if isinstance(hidden, (str, bytes)) or not isinstance(hidden, Sequence):
+        raise TypeError(f"Expected argument `hidden` to be a list of ints, but got {type(hidden).__name__} {hidden!r}.")
+    for h in hidden:
+        V.check_int("hidden", h, 1)
+    V.check_int("in_dim", in_dim, 1)
+    V.check_int("out_dim", out_dim, 1)
     layers: list[nn.Module] = []
     for h in hidden:
         layers += [nn.Linear(in_dim, h), nn.ReLU()]
@@ -112,8 +123,10 @@ class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
         self.save_hyperparameters()
         self.modality_names = list(names)
         self.num_classes = V.check_int("num_classes", num_classes, 2)
-        hidden = [64] if hidden is None else list(hidden)
-        self.heads = nn.ModuleDict({m: mlp(int(input_dims[m]), hidden, num_classes) for m in names})
+        hidden = [64] if hidden is None else hidden
+        for m in names:
+            V.check_int(f"input_dims[{m!r}]", input_dims[m], 1)
+        self.heads = nn.ModuleDict({m: mlp(input_dims[m], hidden, num_classes) for m in names})
         options: dict[str, Any] = {}
         if self.fusion == "mm":
             paper = V.check_choice("recipe", recipe, RECIPES) == "paper"

@@ -33,6 +33,7 @@ from lightning_mmloss.experiments.data import (
     UCIMultipleFeaturesDataModule,
 )
 from lightning_mmloss.experiments.data.synthetic import PRESETS, SCENARIOS
+from lightning_mmloss.experiments.data.uci_mfeat import CORRUPTIONS, VIEWS
 from lightning_mmloss.functional import modality_reliability
 from lightning_mmloss.mixin import MultiModalLossMixin
 
@@ -149,7 +150,12 @@ def _datamodule(args: argparse.Namespace, seed: int) -> L.LightningDataModule:
             args.scenario, preset=args.preset, batch_size=args.batch_size, seed=seed, num_classes=args.classes
         )
     return UCIMultipleFeaturesDataModule(
-        args.data_dir, corrupt_fraction=args.corrupt_fraction, batch_size=args.batch_size, seed=seed
+        args.data_dir,
+        corrupt_fraction=args.corrupt_fraction,
+        corrupt_views=args.corrupt_views,
+        corruption=args.corruption,
+        batch_size=args.batch_size,
+        seed=seed,
     )
 
 
@@ -377,6 +383,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", type=int, default=2, help="synthetic classes")
     p.add_argument("--data-dir", default=None, help="UCI Multiple Features CSV folder (needed with --data uci-mfeat)")
     p.add_argument("--corrupt-fraction", type=float, default=0.0, help="uci-mfeat: share of corrupted instances")
+    p.add_argument("--corrupt-views", type=int, default=3, help="uci-mfeat: views replaced per corrupted instance")
+    p.add_argument(
+        "--corruption",
+        choices=CORRUPTIONS,
+        default="noise",
+        help="uci-mfeat: replace the views by Gaussian noise ('noise') or by another class's views ('swap')",
+    )
     p.add_argument("--fusions", default=",".join(FUSIONS), help=f"comma-separated, from {','.join(FUSIONS)}")
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (data and initialisation)")
     p.add_argument("--epochs", type=int, default=None, help="default: 60")
@@ -469,10 +482,23 @@ def compare_main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         )
     if args.threads is not None and args.threads < 1:
         raise SystemExit(f"lightning-mmloss compare: --threads must be at least 1, got {args.threads}")
-    if args.data == "synthetic" and args.corrupt_fraction:
+    corrupting = [
+        flag
+        for flag, value, default in (
+            ("--corrupt-fraction", args.corrupt_fraction, 0.0),
+            ("--corrupt-views", args.corrupt_views, 3),
+            ("--corruption", args.corruption, "noise"),
+        )
+        if value != default
+    ]
+    if args.data != "uci-mfeat" and corrupting:
         raise SystemExit(
-            "lightning-mmloss compare: --corrupt-fraction applies to --data uci-mfeat; the synthetic scenarios "
+            f"lightning-mmloss compare: {', '.join(corrupting)} applies to --data uci-mfeat; the synthetic scenarios "
             "choose their informative modalities themselves (--scenario)"
+        )
+    if not 1 <= args.corrupt_views <= len(VIEWS):
+        raise SystemExit(
+            f"lightning-mmloss compare: --corrupt-views must be in [1, {len(VIEWS)}], got {args.corrupt_views}"
         )
     if not 0.0 <= args.corrupt_fraction <= 1.0:
         raise SystemExit(f"lightning-mmloss compare: --corrupt-fraction must be in [0, 1], got {args.corrupt_fraction}")
@@ -580,7 +606,8 @@ def _run_all(
     if args.model_class is not None:
         what = f"{args.model_class.__name__} on {what}"
     if args.data == "uci-mfeat" and args.corrupt_fraction:
-        what += f", {args.corrupt_fraction:.0%} of instances corrupted"
+        how = "replaced by noise" if args.corruption == "noise" else "swapped with another class's"
+        what += f", {args.corrupt_views} views of {args.corrupt_fraction:.0%} of instances {how}"
     title = f"{what}: {len(fusions)} fusions x {args.seeds} seeds, {args.epochs} epochs"
     if "mm" in fusions and args.recipe != "default":
         title += f", mm recipe '{args.recipe}'"

@@ -178,3 +178,62 @@ def test_float_targets_and_a_second_aux_weight_are_refused() -> None:
         MultiviewDataset({"a": torch.randn(3, 2)}, torch.tensor([0.0, 1.5, 1.0]))
     with pytest.raises(ValueError, match="one `aux_weight`"):
         MultiModalClassifier(["a", "b"], {"a": 2, "b": 2}, 2, aux_weight=0.3, loss_options={"aux_weight": 0.9})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"hidden": [-1]}, ValueError, r"`hidden` to be an int >= 1, but got -1"),
+        ({"hidden": [0]}, ValueError, r"`hidden` to be an int >= 1, but got 0"),  # a head that sees no input
+        ({"hidden": [2.5]}, TypeError, r"`hidden` to be an int, but got float"),
+        ({"hidden": 8}, TypeError, r"`hidden` to be a list of ints, but got int 8"),
+        ({"hidden": "8"}, TypeError, r"`hidden` to be a list of ints, but got str"),
+        ({"input_dims": {"a": 0, "b": 2}}, ValueError, r"`input_dims\['a'\]` to be an int >= 1"),
+        ({"input_dims": {"a": "5", "b": 2}}, TypeError, r"`input_dims\['a'\]` to be an int"),
+    ],
+)
+def test_classifier_head_sizes_are_checked(kwargs: dict, error: type, match: str) -> None:
+    """Item 15: ``hidden=[-1]`` crashed in torch ("negative dimension"), ``hidden=[0]`` trained blind heads."""
+    from lightning_mmloss.experiments.classifier import MultiModalClassifier
+
+    kwargs = {"input_dims": {"a": 3, "b": 2}, **kwargs}
+    with pytest.raises(error, match=match):
+        MultiModalClassifier(["a", "b"], num_classes=2, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "fractions",
+    [(float("nan"), 0.5, 0.5), (0.6, 0.2, float("inf")), (0.5, 0.5, "a"), (0.5, 0.5), 0.5, (0.7, 0.2, 0.2)],
+)
+def test_uci_fractions_must_be_three_finite_shares(fractions: object) -> None:
+    """Item 15: NaN passed ``min(fractions) < 0`` and the split silently used the other two shares."""
+    from lightning_mmloss.experiments.data import UCIMultipleFeaturesDataModule
+
+    with pytest.raises(ValueError, match="fractions"):
+        UCIMultipleFeaturesDataModule("unused", fractions=fractions)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (["--corruption", "swap"], "--corruption applies to --data uci-mfeat"),
+        (["--corrupt-views", "2"], "--corrupt-views applies to --data uci-mfeat"),
+        (["--data", "uci-mfeat", "--data-dir", ".", "--corrupt-views", "7"], r"--corrupt-views must be in \[1, 6\]"),
+    ],
+)
+def test_compare_swapped_views_options_are_checked(tmp_path: Path, args: list[str], match: str) -> None:
+    """Item 17: docs/faq.md's swapped-views UCI result now has CLI options; they are checked before training."""
+    from lightning_mmloss.experiments.cli import main
+
+    with pytest.raises(SystemExit, match=match):
+        main(["compare", *args, "--output", str(tmp_path / "out")])
+
+
+def test_compare_passes_the_corruption_to_the_uci_data(tmp_path: Path) -> None:
+    from lightning_mmloss.experiments.compare import _datamodule, build_parser
+
+    argv = "--data uci-mfeat --data-dir d --corrupt-fraction 0.5 --corruption swap --corrupt-views 2"
+    args = build_parser().parse_args(argv.split())
+    args.data_class = None
+    dm = _datamodule(args, seed=3)
+    assert (dm.corruption, dm.corrupt_views, dm.corrupt_fraction, dm.seed) == ("swap", 2, 0.5, 3)

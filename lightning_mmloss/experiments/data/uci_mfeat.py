@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -229,9 +230,12 @@ class UCIMultipleFeaturesDataModule(_SplitsDataModule):
     ) -> None:
         super().__init__()
         self.data_dir = str(data_dir)
-        if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-6:
+        ok = isinstance(fractions, Sequence) and len(fractions) == 3
+        # check_nonnegative refuses NaN, which `min(...) < 0` let through
+        shares = [V.check_nonnegative("fractions", f) for f in fractions] if ok else []
+        if not ok or abs(sum(shares) - 1) > 1e-6:
             raise ValueError(
-                f"Expected argument `fractions` to be three shares >= 0 summing to 1, but got {fractions}."
+                f"Expected argument `fractions` to be three shares >= 0 summing to 1, but got {fractions!r}."
             )
         self.fractions = tuple(float(f) for f in fractions)
         if not 0.0 <= corrupt_fraction <= 1.0:
