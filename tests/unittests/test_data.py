@@ -175,6 +175,32 @@ def test_synthetic_sizes_and_seeds_are_not_silently_replaced(kwargs: dict, error
         SyntheticMultimodalDataModule("ehh", preset="tiny", **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"seed": 1.5}, TypeError, "seed"),
+        ({"seed": -1}, ValueError, "seed"),
+        ({"seed": 2**32}, ValueError, r"seed.*2\*\*32 - 1"),
+        ({"batch_size": -1}, ValueError, "batch_size"),
+        ({"batch_size": 2.0}, TypeError, "batch_size"),
+        ({"num_workers": -1}, ValueError, "num_workers"),
+    ],
+)
+def test_both_data_modules_check_seed_and_loader_arguments(kwargs: dict, error: type, match: str) -> None:
+    """Issue 17 items 10/15: the UCI module took ``seed=1.5`` as 1; a synthetic seed of 2**63 - 1 was
+    accepted and overflowed torch.Generator in ``setup`` (its streams are ``seed * 7919 + ...``)."""
+    with pytest.raises(error, match=match):
+        SyntheticMultimodalDataModule("ehh", preset="tiny", **kwargs)
+    with pytest.raises(error, match=match):
+        UCIMultipleFeaturesDataModule("unused", **kwargs)
+
+
+def test_the_largest_seed_sets_up() -> None:
+    dm = SyntheticMultimodalDataModule("ehh", preset="tiny", seed=2**32 - 1)
+    dm.setup()
+    assert len(dm.splits["train"]) > 0
+
+
 def test_uci_repository_format_is_read_like_the_csv_files(tmp_path: Path) -> None:
     """Issue 17 item 17: the loader pointed to UCI's files and then refused their format."""
     from conftest import UCI_DIR

@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from lightning_mmloss import _validation as V
+
+#: Seeds are in Lightning's ``seed_everything`` range; the data modules derive their generators'
+#: seeds from them (``seed * 7919 + 101``), which stays inside torch.Generator's 63 bits.
+MAX_SEED = 2**32 - 1
 
 
 class MultiviewDataset(Dataset):
@@ -76,6 +83,16 @@ class _SplitsDataModule(L.LightningDataModule):
     batch_size: int
     num_workers: int
     seed: int
+
+    def _set_loader_args(self, batch_size: Any, seed: Any, num_workers: Any) -> None:
+        """Check and set ``batch_size`` (``0``: a whole split), ``seed`` and ``num_workers``."""
+        self.batch_size = V.check_int("batch_size", batch_size, 0)
+        self.seed = V.check_int("seed", seed, 0)
+        if self.seed > MAX_SEED:
+            raise ValueError(
+                f"Expected argument `seed` to be at most 2**32 - 1 (seed_everything's range), but got {seed}."
+            )
+        self.num_workers = V.check_int("num_workers", num_workers, 0)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.splits[split]

@@ -122,11 +122,7 @@ class SyntheticMultimodalDataModule(_SplitsDataModule):
         if not 0.0 <= conflict_fraction <= 1.0:
             raise ValueError(f"Expected argument `conflict_fraction` to be in [0, 1], but got {conflict_fraction!r}.")
         self.conflict_fraction = float(conflict_fraction)
-        self.batch_size = V.check_int("batch_size", batch_size, 0)  # 0: a whole split per batch
-        self.seed = V.check_int("seed", seed, 0)
-        if self.seed >= 2**63:
-            raise ValueError(f"Expected argument `seed` to be below 2**63 (torch.Generator's range), but got {seed}.")
-        self.num_workers = V.check_int("num_workers", num_workers, 0)
+        self._set_loader_args(batch_size, seed, num_workers)
         self.save_hyperparameters()
         self.splits: dict[str, MultiviewDataset] = {}
 

@@ -247,9 +247,7 @@ class UCIMultipleFeaturesDataModule(_SplitsDataModule):
                 f"Expected argument `corrupt_views` to be at most {len(VIEWS) - 1}, but got {corrupt_views}."
             )
         self.corruption = V.check_choice("corruption", corruption, CORRUPTIONS)
-        self.batch_size = V.check_int("batch_size", batch_size, 0)
-        self.seed = int(seed)
-        self.num_workers = V.check_int("num_workers", num_workers, 0)
+        self._set_loader_args(batch_size, seed, num_workers)
         self.save_hyperparameters()
         self.splits: dict[str, MultiviewDataset] = {}
         self._dims: dict[str, int] | None = None
