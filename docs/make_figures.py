@@ -2,6 +2,9 @@
 
 - ``subgroup_profile.png`` and ``agreement_matrix.png``: what SubgroupMonitor logs to
   TensorBoard, for a three-head model trained on the synthetic ``instance`` scenario;
+- ``slice_reliability.png``: SubgroupMonitor's heads x slices heatmap (``slices=...``) on UCI
+  Multiple Features with 3 of 6 views noised for half of the instances (clean vs noised
+  instances), from ``../shared/data/uci-mfeat`` (skipped with a note when it is missing);
 - ``compare_ehh.png``: the comparison plot of ``lightning-mmloss compare`` for the ``ehh``
   table in benchmarks/README.md, re-drawn from ``benchmarks/results/ehh.csv``.
 """
@@ -16,14 +19,40 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lightning_mmloss import SubgroupMonitor
 from lightning_mmloss.experiments.classifier import MultiModalClassifier
 from lightning_mmloss.experiments.compare import _plot
-from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule
+from lightning_mmloss.experiments.data import SyntheticMultimodalDataModule, UCIMultipleFeaturesDataModule
 from lightning_mmloss.functional import modality_agreement, subgroup_statistics
-from lightning_mmloss.plotting import agreement_matrix_figure, subgroup_profile_figure
+from lightning_mmloss.plotting import agreement_matrix_figure, slice_reliability_figure, subgroup_profile_figure
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "figures"
+UCI = ROOT.parent / "shared" / "data" / "uci-mfeat"
+
+
+def noised_or_clean(batch: dict) -> list[str]:
+    """The slice of the UCI figure: does the instance have noised views?"""
+    return ["noised" if bad else "clean" for bad in (~batch["informative"]).any(1).tolist()]
+
+
+def uci_slices() -> None:
+    """Train on UCI with half of the instances noised; the monitor's slice heatmap on the test split."""
+    dm = UCIMultipleFeaturesDataModule(str(UCI), corrupt_fraction=0.5, seed=0)
+    dm.setup()
+    model = MultiModalClassifier(dm.modalities, dm.input_dims, 10, hidden=[128, 32], proxies_per_class=10)
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    L.Trainer(max_epochs=40, enable_model_summary=False, **quiet).fit(model, dm)
+    monitor = SubgroupMonitor(slices={"instance": noised_or_clean}, print_summary=False, images_every_n_epochs=None)
+    tester = L.Trainer(callbacks=[monitor], enable_model_summary=False, **quiet)
+    tester.test(model, dm, verbose=False)
+    heads, values = [*dm.modalities, "fused"], ["clean", "noised"]
+    m = monitor.last_metrics
+    acc, ece = (
+        torch.tensor([[m[f"test/reliability/{h}/{k}/instance={v}"] for v in values] for h in heads])
+        for k in ("acc", "ece")
+    )
+    slice_reliability_figure(acc, ece, heads, values, "instance").savefig(OUT / "slice_reliability.png", dpi=110)
 
 
 def main() -> None:
@@ -53,6 +82,10 @@ def main() -> None:
     fusions, seeds = len({r["fusion"] for r in rows}), len({r["seed"] for r in rows})
     title = f"synthetic 'ehh' (default): {fusions} fusions x {seeds} seeds, 60 epochs"
     _plot(rows, modalities, OUT / "compare_ehh.png", title)
+    if UCI.is_dir():
+        uci_slices()
+    else:
+        print(f"slice_reliability.png: skipped, no UCI data at {UCI}")
     print("wrote", ", ".join(sorted(p.name for p in OUT.glob("*.png"))))
 
 

@@ -137,3 +137,51 @@ def figure_to_array(fig: Figure) -> np.ndarray:
     canvas = FigureCanvasAgg(fig)
     canvas.draw()
     return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
+def slice_reliability_figure(
+    acc: Tensor, ece: Tensor, head_names: Sequence[str], value_names: Sequence[str], slice_name: str
+) -> Figure:
+    """Two heatmaps side by side, heads (rows) x slice values (columns): accuracy and ECE.
+
+    Args:
+        acc: ``(H, S)`` accuracy of each head (modalities and ``fused``) on each slice value.
+        ece: ``(H, S)`` expected calibration error, same layout.
+        head_names: the ``H`` row labels.
+        value_names: the ``S`` column labels.
+        slice_name: the slice, for the title.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss.plotting import slice_reliability_figure
+        >>> heads, values = ["a", "b", "fused"], ["x", "y"]
+        >>> fig = slice_reliability_figure(torch.rand(3, 2), torch.rand(3, 2) / 5, heads, values, "site")
+        >>> [ax.get_title() for ax in fig.axes[:2]]
+        ['accuracy by site', 'ECE by site']
+    """
+    H, S = acc.shape
+    label_w = 0.4 + 0.075 * max(len(h) for h in head_names)
+    cell_w = max(0.55, 0.075 * max(len(v) for v in value_names) + 0.15)
+    panel = cell_w * S
+    width, height = label_w + 2 * panel + 0.9, 1.3 + 0.35 * H
+    fig = Figure(figsize=(width, height), dpi=_DPI)
+    bottom = (0.25 + 0.06 * max(len(v) for v in value_names)) / height
+    for k, (values, title, cmap, vmax) in enumerate(
+        ((acc, "accuracy", "viridis", 1.0), (ece, "ECE", "magma_r", max(0.2, float(ece.nan_to_num(0).max()))))
+    ):
+        left = (label_w + k * (panel + 0.5)) / width
+        ax = fig.add_axes((left, bottom, panel / width, 1 - bottom - 0.55 / height))
+        v = values.double().cpu()
+        ax.imshow(v.nan_to_num(0.0).numpy(), vmin=0.0, vmax=vmax, cmap=cmap, aspect="auto")
+        ax.set_xticks(range(S), labels=list(value_names), rotation=45 if cell_w > 0.6 else 0, ha="right")
+        ax.set_yticks(range(H), labels=list(head_names) if k == 0 else [])
+        ax.set_title(f"{title} by {slice_name}", fontsize=_FONT)
+        ax.tick_params(labelsize=_FONT - 1)
+        for i in range(H):
+            for j in range(S):
+                x = float(v[i, j])
+                dark = (x / vmax < 0.6) if cmap == "viridis" else (x / vmax > 0.4)
+                ax.text(j, i, "n/a" if math.isnan(x) else f"{x:.2f}", ha="center", va="center",
+                        fontsize=_FONT - 2, color="white" if dark else "black")  # fmt: skip
+    return fig

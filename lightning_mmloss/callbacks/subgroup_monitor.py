@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -15,6 +16,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from lightning_mmloss import _validation as V
+from lightning_mmloss.callbacks._slices import OTHER, SliceMetrics, check_slices
 from lightning_mmloss.functional.fusion import FusionOutput
 from lightning_mmloss.functional.metrics import AGREEMENT_RATES, RELIABILITY_METRICS
 from lightning_mmloss.functional.shapley import MAX_SHAPLEY_MODALITIES
@@ -90,6 +92,16 @@ class SubgroupMonitor(Callback):
             epoch that the monitor logs, when a TensorBoard logger is attached; ``None``: never.
         n_bins: calibration bins of the ECE.
         class_names: names of the ``C`` classes for the figures (default ``0 .. C-1``).
+        slices: compare reliability across known conditions (site, device, noised or clean
+            acquisition, group): a batch key (``"site"``), a list of keys, or a dict
+            ``{name: key or callable batch -> (B,) values}``. The values (an int/bool tensor or a
+            list of str, one per instance) need not be known in advance. Every reliability and
+            agreement scalar is logged per value as ``<key>/<slice>=<value>``, e.g.
+            ``val/reliability/audio/acc/site=3``, with a rich table and a heads x values heatmap
+            of accuracy and ECE (``<stage>/slices/<slice>`` in TensorBoard).
+        max_slice_values: values kept per slice (over all processes); the least frequent beyond
+            it are pooled under ``(other)``, with a warning that says how many. Each value seen
+            costs one small pair of metrics per process until the epoch ends.
 
     Example::
 
@@ -108,8 +120,13 @@ class SubgroupMonitor(Callback):
         images_every_n_epochs: int | None = 10,
         n_bins: int = 15,
         class_names: list[str] | None = None,
+        slices: str | Sequence[str] | Mapping[str, str | Callable[[Any], Any]] | None = None,
+        max_slice_values: int = 32,
     ) -> None:
         super().__init__()
+        self.slices = check_slices(slices)
+        self.max_slice_values = V.check_int("max_slice_values", max_slice_values, 1)
+        self._slice_metrics: dict[tuple[str, int], SliceMetrics] = {}
         self.every_n_epochs = V.check_int("every_n_epochs", every_n_epochs, 1)
         for name, flag in (("shapley", shapley), ("print_summary", print_summary)):
             if not isinstance(flag, bool):
@@ -127,6 +144,7 @@ class SubgroupMonitor(Callback):
         self.class_names = None if class_names is None else list(class_names)
         self._metrics: dict[tuple[str, int], dict[str, Any]] = {}
         self._warned_no_tensorboard = False
+        self._warned_spawn = False
         self._pending_figures: tuple[str, int, list[tuple[str, dict[str, Any]]]] | None = None
         self._console: Console | None = None
         self.epochs_logged = 0
@@ -241,6 +259,12 @@ class SubgroupMonitor(Callback):
             m.to(device)
         return metrics
 
+    def _new_slice_metrics(self, key: tuple[str, int], device: torch.device) -> None:
+        if self.slices:
+            self._slice_metrics[key] = SliceMetrics(
+                self.slices, self._names, self._num_classes, self.n_bins, self.max_slice_values, device
+            )
+
     @staticmethod
     def _num_loaders(trainer: Trainer, prefix: str) -> int:
         batches = trainer.num_val_batches if prefix == "val" else trainer.num_test_batches
@@ -251,6 +275,7 @@ class SubgroupMonitor(Callback):
         self._metrics = {key: value for key, value in self._metrics.items() if key[0] != prefix}
         for idx in range(self._num_loaders(trainer, prefix)):
             self._metrics[(prefix, idx)] = self._new_metrics(pl_module.device)
+            self._new_slice_metrics((prefix, idx), pl_module.device)
 
     # -- accumulation -----------------------------------------------------------------------
     @staticmethod
@@ -273,14 +298,19 @@ class SubgroupMonitor(Callback):
         key = (prefix, dataloader_idx)
         if key not in self._metrics:  # a loader the epoch start did not announce
             self._metrics[key] = self._new_metrics(pl_module.device)
+            self._new_slice_metrics(key, pl_module.device)
         metrics = self._metrics[key]
         out = self._step_output(pl_module, outputs, batch)
         if out.target is None:
             raise RuntimeError("SubgroupMonitor needs the step output's `target`, but it is None.")
         target, mask, fusion = out.target, out.modality_mask, out.fusion
         unimodal, probs, logits = out.unimodal_probs, out.probs, out.unimodal_logits
+        sliced = self._slice_metrics.get(key)
+        values = sliced.values_of(batch, target.shape[0]) if sliced is not None else {}
         keep = target != self._ignore_index
         if not bool(keep.all()):
+            rows = keep.tolist()
+            values = {name: [v for v, k in zip(vals, rows, strict=True) if k] for name, vals in values.items()}
             target, unimodal, probs, logits = target[keep], unimodal[keep], probs[keep], logits[keep]
             mask = None if mask is None else mask[keep]
             if fusion is not None:
@@ -289,6 +319,8 @@ class SubgroupMonitor(Callback):
             return  # nothing to score (an empty or all-ignored batch)
         metrics["reliability"].update(unimodal, probs, target, mask)
         metrics["agreement"].update(unimodal, probs, target, mask)
+        if sliced is not None:
+            sliced.update(values, unimodal, probs, target, mask)
         if fusion is not None and "subgroups" in metrics:
             metrics["subgroups"].update_from_fusion(fusion, target)
             if self.shapley:
@@ -356,6 +388,15 @@ class SubgroupMonitor(Callback):
         out = {k: metrics[k].compute() for k in ("reliability", "agreement", "subgroups") if k in metrics}
         if self.shapley:
             out["shapley"] = metrics["shapley"].compute()
+        sliced = self._slice_metrics.get((prefix, dataloader_idx))
+        if sliced is not None:
+            out["slices"] = sliced.compute()
+            for name, pooled in sliced.pooled.items():
+                if pooled:
+                    rank_zero_warn(
+                        f"SubgroupMonitor slice {name!r}: {pooled} of its values beyond max_slice_values="
+                        f"{self.max_slice_values} (the least frequent) are pooled under {OTHER!r}."
+                    )
         return out
 
     def _scalars(self, prefix: str, suffix: str, values: dict[str, Any]) -> dict[str, float]:
@@ -370,6 +411,13 @@ class SubgroupMonitor(Callback):
         if self.shapley:
             for name, v in zip(self._names, values["shapley"]["mean"].tolist(), strict=True):
                 scalars[f"{prefix}/shapley/{name}{suffix}"] = v
+        for name, per_value in values.get("slices", {}).items():
+            for value, groups in per_value.items():
+                where = f"/{name}={value}{suffix}"
+                for key, v in groups["reliability"].items():
+                    scalars[f"{prefix}/reliability/{key}{where}"] = float(v)
+                for rate in AGREEMENT_RATES:
+                    scalars[f"{prefix}/agreement/{rate}{where}"] = float(groups["agreement"][rate])
         return scalars
 
     def _finish(self, prefix: str, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -388,6 +436,7 @@ class SubgroupMonitor(Callback):
             tables.append((suffix, values))
             for m in metrics.values():
                 m.reset()
+            self._new_slice_metrics((prefix, idx), pl_module.device)
         if not tables:
             return
         # Through LightningModule.log, so that they are where Lightning users look: in
@@ -399,6 +448,7 @@ class SubgroupMonitor(Callback):
         for name, value in scalars.items():
             pl_module.log(name, value, on_step=False, on_epoch=True, sync_dist=True, add_dataloader_idx=False)
         self._last_metrics = scalars
+        self._warn_spawn_limit(trainer, len(scalars))
         every = self.images_every_n_epochs
         if every is not None and (prefix == "test" or self.epochs_logged % every == 0):
             self._log_figures(prefix, trainer.global_step, trainer, tables)
@@ -409,6 +459,25 @@ class SubgroupMonitor(Callback):
         if self.print_summary:
             for suffix, values in tables:
                 self._print_table(prefix + suffix, trainer, values)
+
+    def _warn_spawn_limit(self, trainer: Trainer, logged: int) -> None:
+        """Warn before a ddp_spawn run hangs on the number of its callback metrics.
+
+        ddp_spawn hands ``callback_metrics`` to the parent through a pipe that Lightning reads only
+        after joining the processes: above 64 KiB (about 200 scalars) rank zero blocks for ever.
+        """
+        from lightning.pytorch.strategies.launchers.multiprocessing import _MultiProcessingLauncher
+
+        launcher = getattr(trainer.strategy, "launcher", None)
+        keys = len(set(trainer.callback_metrics)) + logged
+        if isinstance(launcher, _MultiProcessingLauncher) and keys > 150 and not self._warned_spawn:
+            self._warned_spawn = True
+            rank_zero_warn(
+                f"SubgroupMonitor logs {logged} scalars ({keys} callback metrics in all) under a spawning strategy "
+                "(ddp_spawn): Lightning returns callback_metrics to the parent through a pipe it reads only after "
+                "the processes end, and above about 200 keys the run hangs when it finishes. Use strategy='ddp', "
+                "or fewer slices / max_slice_values."
+            )
 
     @property
     def last_metrics(self) -> dict[str, float]:
@@ -464,7 +533,12 @@ class SubgroupMonitor(Callback):
         others = self._image_loggers(trainer)
         if tb is None and not others:
             return
-        from lightning_mmloss.plotting import agreement_matrix_figure, figure_to_array, subgroup_profile_figure
+        from lightning_mmloss.plotting import (
+            agreement_matrix_figure,
+            figure_to_array,
+            slice_reliability_figure,
+            subgroup_profile_figure,
+        )
 
         figures = {
             f"{prefix}/agreement/pairwise{suffix}": agreement_matrix_figure(
@@ -491,6 +565,15 @@ class SubgroupMonitor(Callback):
                     bucket_counts=occupancy.tolist(),
                     global_step=step,
                 )
+        for name, per_value in values.get("slices", {}).items():
+            heads = [*self._names, "fused"]
+            acc, ece = (
+                torch.tensor([[float(g["reliability"][f"{h}/{metric}"]) for g in per_value.values()] for h in heads])
+                for metric in ("acc", "ece")
+            )
+            figures[f"{prefix}/slices/{name}{suffix}"] = slice_reliability_figure(
+                acc, ece, heads, list(per_value), name
+            )
         for tag, fig in figures.items():
             if others:
                 array = figure_to_array(fig)  # before TensorBoard's add_figure closes the figure
@@ -527,6 +610,34 @@ class SubgroupMonitor(Callback):
         if self._console is None:
             self._console = Console()
         self._console.print(table)
+        for name, per_value in values.get("slices", {}).items():
+            self._console.print(self._slice_table(f"{prefix} {when}".strip(), name, per_value))
+
+    def _slice_table(self, title: str, name: str, per_value: dict[str, dict[str, Any]]) -> Table:
+        """Heads x values of one slice, each cell ``accuracy / ECE``; transposed when values outnumber heads."""
+        heads = [*self._names, "fused"]
+
+        def cell(groups: dict[str, Any], head: str) -> str:
+            rel = groups["reliability"]
+            return f"{float(rel[f'{head}/acc']):.3f} / {float(rel[f'{head}/ece']):.3f}"
+
+        table = Table(title=f"{title}: accuracy / ECE by {name}")
+        values = [f"{value} (n={groups['count']})" for value, groups in per_value.items()]
+        if len(values) <= len(heads):  # the fewer columns, the likelier it fits an 80-column terminal
+            table.add_column("head")
+            for label in values:
+                table.add_column(label, justify="right")
+            for head in heads:
+                table.add_row(
+                    f"[bold]{head}" if head == "fused" else head, *(cell(g, head) for g in per_value.values())
+                )
+        else:
+            table.add_column(name)
+            for head in heads:
+                table.add_column(f"[bold]{head}" if head == "fused" else head, justify="right")
+            for label, groups in zip(values, per_value.values(), strict=True):
+                table.add_row(label, *(cell(groups, head) for head in heads))
+        return table
 
     # -- checkpointing ----------------------------------------------------------------------
     @override
