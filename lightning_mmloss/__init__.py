@@ -1,8 +1,8 @@
 """lightning-mmloss: the MultiModal loss (Moon & Lee, 2023) for PyTorch and Lightning.
 
-``MultiModalLoss`` and ``FusionOutput`` need only torch; the Lightning pieces (mixin, callback,
-metrics) are imported on first use, so that ``from lightning_mmloss import MultiModalLoss``
-does not pay for importing Lightning.
+``MultiModalLoss`` and ``FusionOutput`` need only torch; the Lightning pieces (mixin, callbacks,
+metrics) need Lightning. Every name is imported on first use, so that
+``from lightning_mmloss import MultiModalLoss`` does not pay for importing Lightning.
 """
 
 from __future__ import annotations
@@ -10,14 +10,18 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from lightning_mmloss.functional.fusion import FusionOutput
-from lightning_mmloss.loss import PAPER_OPTIONS, MultiModalLoss
-from lightning_mmloss.step_output import MultiModalStepOutput
-
 __version__ = "0.1.0"
 
+# Everything is imported on first use: `import lightning_mmloss` (and the console script's
+# --help/--version) costs no torch import; `from lightning_mmloss import MultiModalLoss` imports
+# torch but not Lightning.
 _LAZY = {
+    "FusionOutput": "lightning_mmloss.functional.fusion",
+    "MultiModalLoss": "lightning_mmloss.loss",
+    "PAPER_OPTIONS": "lightning_mmloss.loss",
+    "MultiModalStepOutput": "lightning_mmloss.step_output",
     "MultiModalLossMixin": "lightning_mmloss.mixin",
+    "PredictionWriter": "lightning_mmloss.callbacks",
     "SubgroupMonitor": "lightning_mmloss.callbacks",
     "ModalityAgreement": "lightning_mmloss.metrics",
     "ModalityReliability": "lightning_mmloss.metrics",
@@ -33,6 +37,7 @@ __all__ = [
     "MultiModalLossMixin",
     "MultiModalStepOutput",
     "PAPER_OPTIONS",
+    "PredictionWriter",
     "SubgroupMonitor",
     "SubgroupStatistics",
     "TemperatureFit",

@@ -1,5 +1,6 @@
 """Lightning callbacks."""
 
+from lightning_mmloss.callbacks.prediction_writer import PredictionWriter
 from lightning_mmloss.callbacks.subgroup_monitor import SubgroupMonitor
 
-__all__ = ["SubgroupMonitor"]
+__all__ = ["PredictionWriter", "SubgroupMonitor"]

@@ -67,15 +67,15 @@ def test_an_empty_validation_batch_is_skipped(tmp_path: Path) -> None:
 
 
 def test_prediction_file_writer_keeps_every_predict_loader(tmp_path: Path) -> None:
-    """Item 7: only the first predict dataloader's rows were written."""
-    from lightning_mmloss.experiments.cli import PredictionFileWriter
+    """Item 7: only the first predict dataloader's rows were written (now the core's PredictionWriter)."""
+    from lightning_mmloss import PredictionWriter
 
     model = ThreeHeadNet()
     _, val = loaders(n_val=48, batch_size=16)
     _, other = loaders(n_val=32, batch_size=16)
-    writer = PredictionFileWriter(str(tmp_path))
+    writer = PredictionWriter(tmp_path / "predictions.csv")
     trainer(tmp_path, callbacks=[writer]).predict(model, [val, other], return_predictions=False)
-    out = torch.load(writer.path)
+    out = torch.load(writer.written[1])
     assert out["probs"].shape == (80, 3) and out["preds"].shape == (80,)
     assert out["dataloader_idx"].tolist() == [0] * 48 + [1] * 32
 

@@ -1,0 +1,71 @@
+"""LightningCLI on a model of the mixin and a data module: ``lightning-mmloss fit/validate/test/predict``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_mmloss.callbacks import PredictionWriter
+from lightning_mmloss.experiments.classifier import MultiModalClassifier
+from lightning_mmloss.experiments.cli import LINKED, import_class, init_parameters
+
+
+class MultiModalCLI(LightningCLI):
+    """LightningCLI that takes the model's modalities, input sizes and classes from the data module."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:  # noqa: D102
+        for name in sorted(init_parameters(self.model_class) & set(LINKED)):
+            parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
+
+    def before_predict(self) -> None:
+        """``predict`` writes its output to a file, not only to the return value nobody sees."""
+        path = Path(self.trainer.default_root_dir) / "predictions.csv"
+        self.trainer.callbacks.append(PredictionWriter(path))
+
+
+def lightning_cli_main(args: list[str], from_console: bool) -> None:
+    """Run LightningCLI on ``args`` (``fit ...``); ``from_console``: they are ``sys.argv[1:]``."""
+    if _asks_for_gpu(args) and not torch.cuda.is_available():
+        raise SystemExit("lightning-mmloss: --trainer.accelerator asks for a GPU, but torch sees none")
+    model_class, rest = _model_class(args)
+    if from_console and rest != args:  # LightningCLI reads sys.argv itself: without --model there too
+        sys.argv = [sys.argv[0], *rest]
+    MultiModalCLI(
+        model_class,
+        L.LightningDataModule,
+        subclass_mode_data=True,
+        # from the console LightningCLI reads sys.argv itself (passing `args` then warns on every call)
+        args=None if from_console else rest,
+        save_config_kwargs={"overwrite": True},
+    )
+
+
+def _asks_for_gpu(args: list[str]) -> bool:
+    """Whether the command line sets ``--trainer.accelerator`` to ``gpu``/``cuda`` (configs: Lightning checks)."""
+    for i, arg in enumerate(args):
+        value = arg.split("=", 1)[1] if arg.startswith("--trainer.accelerator=") else None
+        if arg == "--trainer.accelerator" and i + 1 < len(args):
+            value = args[i + 1]
+        if value in ("gpu", "cuda"):
+            return True
+    return False
+
+
+def _model_class(args: list[str]) -> tuple[type, list[str]]:
+    """``--model package.module.Class`` (a model of your own) taken out of ``args``; default MultiModalClassifier."""
+    for i, arg in enumerate(args):
+        if arg == "--model" and i + 1 < len(args):
+            path, rest = args[i + 1], args[:i] + args[i + 2 :]
+        elif arg.startswith("--model="):
+            path, rest = arg.split("=", 1)[1], args[:i] + args[i + 1 :]
+        else:
+            continue
+        cls = import_class(path, "--model")
+        if not issubclass(cls, L.LightningModule):
+            raise SystemExit(f"lightning-mmloss: --model {path!r} is not a LightningModule")
+        return cls, rest
+    return MultiModalClassifier, args
