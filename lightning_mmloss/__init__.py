@@ -22,6 +22,9 @@ _LAZY = {
     "MultiModalStepOutput": "lightning_mmloss.step_output",
     "MultiModalLossMixin": "lightning_mmloss.mixin",
     "PredictionWriter": "lightning_mmloss.callbacks",
+    "RobustnessCallback": "lightning_mmloss.callbacks",
+    "RobustnessReport": "lightning_mmloss.robustness",
+    "robustness_report": "lightning_mmloss.robustness",
     "SubgroupMonitor": "lightning_mmloss.callbacks",
     "ModalityAgreement": "lightning_mmloss.metrics",
     "ModalityReliability": "lightning_mmloss.metrics",
@@ -38,10 +41,13 @@ __all__ = [
     "MultiModalStepOutput",
     "PAPER_OPTIONS",
     "PredictionWriter",
+    "RobustnessCallback",
+    "RobustnessReport",
     "SubgroupMonitor",
     "SubgroupStatistics",
     "TemperatureFit",
     "__version__",
+    "robustness_report",
 ]
 
 

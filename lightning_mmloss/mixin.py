@@ -407,6 +407,28 @@ class MultiModalLossMixin:
             fusion=fusion,
         )
 
+    def fuse_unimodal(
+        self, unimodal_logits: Tensor, modality_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor | None]:
+        """Re-fuse ``(B, M, C)`` unimodal logits under another mask, without running the heads again.
+
+        What dropping a modality at test time means for every fusion: the MultiModal loss fuses
+        the present modalities only; the baselines average (``late``, ``ogm_ge``,
+        ``independent``) or sum (``sum``) the present ones, and ``concat`` sees zeros for the
+        absent ones, as in training with missing modalities.
+
+        Returns:
+            The calibrated fused probabilities ``(B, C)`` and, for ``fusion="mm"``, the modality
+            weights ``(B, M)`` (``None`` for the baselines).
+        """
+        self._check_configured()
+        if self.mm_fusion == "mm":
+            out = self._mm_loss().fuse(unimodal_logits, modality_mask)
+            return out.probs, out.modality_weights
+        baseline = self.mm_baseline
+        logits = baseline.fused_logits(unimodal_logits, modality_mask)
+        return (logits / baseline.temperature.to(logits.dtype)).softmax(-1), None
+
     def _baseline_step(self, batch: Any, with_target: bool) -> MultiModalStepOutput:
         u, target, mask = self._checked_inputs(batch, with_target)
         baseline = self.mm_baseline
