@@ -10,8 +10,8 @@ from collections.abc import Sequence
 # No torch or Lightning at import time: `lightning-mmloss --help` and `--version` answer at once
 # (importing Lightning takes seconds); the commands import what they need.
 
-COMMANDS = ("compare", "fit", "validate", "test", "predict")
-USAGE = """usage: lightning-mmloss [--version] {compare,fit,validate,test,predict} ...
+COMMANDS = ("compare", "fit", "validate", "test", "predict", "robustness")
+USAGE = """usage: lightning-mmloss [--version] {compare,fit,validate,test,predict,robustness} ...
 
   compare   train every fusion x seed on the same heads and data, print and write the comparison
             (lightning-mmloss compare --help)
@@ -19,6 +19,10 @@ USAGE = """usage: lightning-mmloss [--version] {compare,fit,validate,test,predic
             LightningCLI on MultiModalClassifier and a data module
             (lightning-mmloss fit --config examples/configs/synthetic_ehh.yaml); predict writes
             predictions.csv and predictions.pt into the trainer's default_root_dir
+  robustness
+            test with each modality dropped and degraded (--levels 0,0.5,1,2,4; noise std / input
+            std): lightning-mmloss robustness --config ... --ckpt_path ...; writes robustness.csv
+            and robustness.png into the run's log_dir
 """
 
 

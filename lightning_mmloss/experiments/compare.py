@@ -12,7 +12,7 @@ import shutil
 import statistics
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from lightning_mmloss.experiments.data.synthetic import PRESETS, SCENARIOS
 from lightning_mmloss.experiments.data.uci_mfeat import CORRUPTIONS, VIEWS
 from lightning_mmloss.functional import modality_reliability
 from lightning_mmloss.mixin import MultiModalLossMixin
+from lightning_mmloss.robustness import robustness_report
 
 DEFAULT_EPOCHS = {"synthetic": 60, "uci-mfeat": 60}
 
@@ -185,7 +186,58 @@ def run_one(args: argparse.Namespace, fusion: str, seed: int, output: Path) -> d
     row: dict[str, Any] = {"fusion": fusion, "seed": seed}
     row.update(evaluate_on_test(trainer, model, dm) if user else evaluate(model, dm.splits["test"]))
     row["train_seconds"] = seconds
+    if args.robustness:
+        row.update(robustness_row(model, dm, output / "robustness" / f"{fusion}_seed{seed}.csv", seed))
     return row
+
+
+#: The degradation levels of compare's robustness table (noise std / input std).
+ROBUSTNESS_LEVELS = (0.0, 0.5, 1.0, 2.0)
+ROBUSTNESS_NOTE = (
+    "drop one: mean fused accuracy with one modality masked out; rel. robustness: mean area under accuracy "
+    "vs Gaussian noise (0-2 x input std) on one modality; effective: minus late fusion's (same seed)"
+)
+
+
+def robustness_row(model: L.LightningModule, dm: L.LightningDataModule, path: Path, seed: int) -> dict[str, float]:
+    """Robustness summaries of one run on the test split; the full report goes to ``path``.
+
+    ``robust_drop1``: mean fused accuracy with one modality dropped; ``robust_worst_drop``: the
+    lowest of those; ``robust_rel``: mean relative robustness (area under accuracy vs noise level)
+    over the modalities.
+    """
+    dm.setup("test")
+    loader = dm.test_dataloader()
+    first = next(iter(loader))
+    names = model.mm_names  # type: ignore[attr-defined]
+    # the built-in noise needs dict batches keyed by modality; other layouts get the drops only
+    noisable = isinstance(first, Mapping) and all(isinstance(first.get(m), Tensor) for m in names)
+    levels = ROBUSTNESS_LEVELS if noisable else ()
+    report = robustness_report(model, loader, levels=levels, drop_pairs=False, seed=seed)
+    report.to_csv(path)
+    drops = [r["acc"] for r in report.rows if r["condition"] == "drop"]
+    rel = list(report.relative_robustness().values())
+    row = {"robust_drop1": statistics.mean(drops), "robust_worst_drop": min(drops)}
+    if levels:
+        row["robust_rel"] = statistics.mean(rel)
+    return row
+
+
+def summarise_robustness(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the robustness table (``None``-free rows only); effective robustness vs ``late``."""
+    header = ["fusion", "drop one", "worst drop", "rel. robustness", "effective vs late"]
+    late = {r["seed"]: r["robust_rel"] for r in rows if r["fusion"] == "late" and "robust_rel" in r}
+    out = []
+    for fusion in dict.fromkeys(r["fusion"] for r in rows):
+        rs = [r for r in rows if r["fusion"] == fusion and "robust_drop1" in r]
+        if not rs:
+            continue
+        keys = ("robust_drop1", "robust_worst_drop", "robust_rel")
+        line = [fusion, *(_mean_std([r.get(k, math.nan) for r in rs]) for k in keys)]
+        effective = [r["robust_rel"] - late[r["seed"]] for r in rs if r["seed"] in late and "robust_rel" in r]
+        line.append(_mean_std(effective) if late and fusion != "late" else "")
+        out.append(line)
+    return header, out
 
 
 def _require(dm: L.LightningDataModule, names: Sequence[str]) -> dict[str, Any]:
@@ -321,6 +373,17 @@ def write_outputs(rows: list[dict[str, Any]], modalities: list[str], output: Pat
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in table]
     lines += ["", "mean ± standard deviation over seeds; accuracy and ECE on the test split."]
+    r_header, r_table = summarise_robustness(rows)
+    if r_table:
+        lines += [
+            "",
+            "## Robustness (test split)",
+            "",
+            "| " + " | ".join(r_header) + " |",
+            "|" + "---|" * len(r_header),
+        ]
+        lines += ["| " + " | ".join(r) + " |" for r in r_table]
+        lines += ["", ROBUSTNESS_NOTE]
     (output / "results.md").write_text("\n".join(lines) + "\n")
     _plot(rows, modalities, output / "results.png", title)
 
@@ -391,6 +454,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="uci-mfeat: replace the views by Gaussian noise ('noise') or by another class's views ('swap')",
     )
     p.add_argument("--fusions", default=",".join(FUSIONS), help=f"comma-separated, from {','.join(FUSIONS)}")
+    p.add_argument(
+        "--no-robustness",
+        dest="robustness",
+        action="store_false",
+        help="skip the robustness table (each modality dropped, and degraded by noise, on the test split)",
+    )
     p.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1 (data and initialisation)")
     p.add_argument("--epochs", type=int, default=None, help="default: 60")
     p.add_argument("--batch-size", type=int, default=256)
@@ -570,6 +639,7 @@ def _previous_rows(args: argparse.Namespace, output: Path) -> list[dict[str, Any
         for path in (results, config_path, output / "results.md", output / "results.png"):
             path.unlink(missing_ok=True)
         shutil.rmtree(output / "tensorboard", ignore_errors=True)
+        shutil.rmtree(output / "robustness", ignore_errors=True)
     elif results.exists() and not args.resume:
         raise SystemExit(
             f"lightning-mmloss compare: {str(results)!r} exists; pass --resume to keep its finished runs and run the "
@@ -645,6 +715,14 @@ def _run_all(
         for r in table_rows:
             table.add_row(*(r[i] for i in cols), style="bold" if r[0] == "mm" else None)
         wide.print(table)
+    r_header, r_table = summarise_robustness(rows)
+    if r_table:
+        table = Table(title="robustness (test split)", caption=ROBUSTNESS_NOTE)
+        for i, h in enumerate(r_header):
+            table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
+        for r in r_table:
+            table.add_row(*r, style="bold" if r[0] == "mm" else None)
+        console.print(table)
     write_outputs(rows, modalities, output, title)
     console.print(f"wrote {output / 'results.csv'}, {output / 'results.md'}, {output / 'results.png'}")
     return rows

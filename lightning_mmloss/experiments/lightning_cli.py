@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -9,9 +10,10 @@ import lightning as L
 import torch
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_mmloss.callbacks import PredictionWriter
+from lightning_mmloss.callbacks import PredictionWriter, RobustnessCallback
 from lightning_mmloss.experiments.classifier import MultiModalClassifier
 from lightning_mmloss.experiments.cli import LINKED, import_class, init_parameters
+from lightning_mmloss.robustness import DEFAULT_LEVELS
 
 
 class MultiModalCLI(LightningCLI):
@@ -27,14 +29,53 @@ class MultiModalCLI(LightningCLI):
         self.trainer.callbacks.append(PredictionWriter(path))
 
 
+class RobustnessCLI(MultiModalCLI):
+    """``lightning-mmloss robustness``: LightningCLI's ``test`` with a :class:`RobustnessCallback`."""
+
+    levels: tuple[float, ...] = DEFAULT_LEVELS
+
+    def before_test(self) -> None:
+        """The robustness report at the end of the test (robustness.csv/png in the run's log_dir)."""
+        self.trainer.callbacks.append(RobustnessCallback(levels=self.levels))
+
+
+def _levels(args: list[str]) -> tuple[tuple[float, ...], list[str]]:
+    """``--levels 0,0.5,1`` taken out of ``args`` (robustness only)."""
+    for i, arg in enumerate(args):
+        if arg == "--levels" and i + 1 < len(args):
+            text, rest = args[i + 1], args[:i] + args[i + 2 :]
+        elif arg.startswith("--levels="):
+            text, rest = arg.split("=", 1)[1], args[:i] + args[i + 1 :]
+        else:
+            continue
+        try:
+            levels = tuple(float(x) for x in text.split(","))
+        except ValueError:
+            raise SystemExit(
+                f"lightning-mmloss robustness: --levels takes numbers such as 0,0.5,1,2, got {text!r}"
+            ) from None
+        if levels[0] != 0 or any(b <= a for a, b in itertools.pairwise(levels)) or min(levels) < 0:
+            raise SystemExit(f"lightning-mmloss robustness: --levels must ascend from 0, got {text!r}")
+        return levels, rest
+    return DEFAULT_LEVELS, args
+
+
 def lightning_cli_main(args: list[str], from_console: bool) -> None:
-    """Run LightningCLI on ``args`` (``fit ...``); ``from_console``: they are ``sys.argv[1:]``."""
+    """Run LightningCLI on ``args`` (``fit ...``); ``from_console``: they are ``sys.argv[1:]``.
+
+    ``robustness ...`` runs ``test ...`` with the robustness report at its end.
+    """
     if _asks_for_gpu(args) and not torch.cuda.is_available():
         raise SystemExit("lightning-mmloss: --trainer.accelerator asks for a GPU, but torch sees none")
+    cli_class: type[MultiModalCLI] = MultiModalCLI
+    if args[0] == "robustness":
+        levels, args = _levels(args)
+        cli_class = type("RobustnessCLI", (RobustnessCLI,), {"levels": levels})
+        args = ["test", *args[1:]]
     model_class, rest = _model_class(args)
-    if from_console and rest != args:  # LightningCLI reads sys.argv itself: without --model there too
+    if from_console:  # LightningCLI reads sys.argv itself: the rewritten arguments there too
         sys.argv = [sys.argv[0], *rest]
-    MultiModalCLI(
+    cli_class(
         model_class,
         L.LightningDataModule,
         subclass_mode_data=True,

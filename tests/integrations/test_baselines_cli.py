@@ -151,6 +151,15 @@ def test_lightning_cli_test_and_predict_from_checkpoint(tmp_path: Path) -> None:
     assert "UserWarning" not in out.stderr  # LightningCLI's `args` warning, once printed on every call
     preds = torch.load(tmp_path / "predictions.pt")
     assert set(preds) >= {"probs", "preds", "unimodal_probs"} and preds["probs"].shape[1] == 2
+    # issue 18: the robustness report from the command line, on the same checkpoint
+    out = _cli("robustness", *common, "--levels", "0,1", "--trainer.callbacks=[]", cwd=ROOT)
+    assert "rel. rob." in out.stdout
+    csv_path = next(tmp_path.rglob("robustness.csv"))
+    from lightning_mmloss import RobustnessReport
+
+    report = RobustnessReport.from_csv(csv_path)
+    assert report.fusion == "late" and report.levels == [0.0, 1.0] and len(report.modality_names) == 3
+    assert (csv_path.parent / "robustness.png").is_file()
 
 
 def test_cli_usage_version_and_typos(capsys: pytest.CaptureFixture[str]) -> None:
@@ -224,3 +233,34 @@ def test_baselines_under_ddp_keep_replicas_identical(tmp_path: Path, fusion: str
     r0, r1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
     for k in r0:
         assert torch.equal(r0[k], r1[k]), k
+
+
+@pytest.mark.parametrize(
+    ("levels", "match"), [("0,x", "takes numbers"), ("0.5,1", "ascend from 0"), ("0,2,1", "ascend")]
+)
+def test_robustness_levels_are_checked_before_lightning_starts(levels: str, match: str) -> None:
+    with pytest.raises(SystemExit, match=match):
+        main(["robustness", "--config", "examples/configs/synthetic_ehh.yaml", "--levels", levels])
+
+
+def test_compare_adds_a_robustness_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 18 part 2: each fusion dropped and degraded on the test split; effective vs late."""
+    from lightning_mmloss import RobustnessReport
+
+    out = tmp_path / "cmp"
+    argv = "compare --scenario ehh --preset tiny --seeds 1 --epochs 2 --fusions mm,late --hidden 8"
+    main([*argv.split(), "--output", str(out)])
+    assert "robustness (test split)" in capsys.readouterr().out
+    rows = {r["fusion"]: r for r in csv.DictReader((out / "results.csv").read_text().splitlines())}
+    for fusion in ("mm", "late"):
+        report = RobustnessReport.from_csv(out / "robustness" / f"{fusion}_seed0.csv")
+        rel = report.relative_robustness()
+        assert float(rows[fusion]["robust_rel"]) == pytest.approx(sum(rel.values()) / len(rel))
+        drops = [r["acc"] for r in report.rows if r["condition"] == "drop"]
+        assert float(rows[fusion]["robust_worst_drop"]) == pytest.approx(min(drops))
+    md = (out / "results.md").read_text()
+    effective = float(rows["mm"]["robust_rel"]) - float(rows["late"]["robust_rel"])
+    mm_line = next(line for line in md.split("## Robustness")[1].splitlines() if line.startswith("| mm |"))
+    assert mm_line.rstrip(" |").endswith(f"{effective:.3f}")
+    main([*argv.split(), "--output", str(tmp_path / "none"), "--no-robustness"])
+    assert "robust_rel" not in (tmp_path / "none" / "results.csv").read_text()
