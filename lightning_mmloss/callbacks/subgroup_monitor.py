@@ -9,6 +9,7 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from rich.console import Console
 from rich.table import Table
@@ -74,7 +75,9 @@ class SubgroupMonitor(Callback):
       matrix, on the first, every ``images_every_n_epochs``-th and the last logged validation
       epoch of a fit, and at every test (rendering the figures costs about 0.1-0.15 s, more than
       the rest of the monitor together);
-    - a rich table on rank zero (``print_summary``).
+    - a rich table on rank zero (``print_summary``): by default once at the end of a fit (the
+      last logged validation epoch) and after every test; :meth:`print_tables` prints the last
+      ones on demand.
 
     It reads one thing per batch, a :class:`~lightning_mmloss.MultiModalStepOutput`: what the
     validation/test steps of :class:`~lightning_mmloss.MultiModalLossMixin` return, or what the
@@ -87,7 +90,9 @@ class SubgroupMonitor(Callback):
     Args:
         every_n_epochs: run on validation epochs ``0, n, 2n, ...``.
         shapley: also compute exact per-instance Shapley values (``2^M`` re-fusions per batch).
-        print_summary: print the rich table on rank zero.
+        print_summary: when to print the rich tables on rank zero: ``"end"`` (default; also
+            ``True``): at the end of a fit and after every test or ``validate()``; ``"epoch"``: every logged
+            validation epoch too; ``False``: never.
         images_every_n_epochs: log the histogram and heatmaps on the first and then every n-th
             epoch that the monitor logs, when a TensorBoard logger is attached; ``None``: never.
         n_bins: calibration bins of the ECE.
@@ -116,7 +121,7 @@ class SubgroupMonitor(Callback):
         every_n_epochs: int = 1,
         *,
         shapley: bool = False,
-        print_summary: bool = True,
+        print_summary: bool | str = "end",
         images_every_n_epochs: int | None = 10,
         n_bins: int = 15,
         class_names: list[str] | None = None,
@@ -128,11 +133,15 @@ class SubgroupMonitor(Callback):
         self.max_slice_values = V.check_int("max_slice_values", max_slice_values, 1)
         self._slice_metrics: dict[tuple[str, int], SliceMetrics] = {}
         self.every_n_epochs = V.check_int("every_n_epochs", every_n_epochs, 1)
-        for name, flag in (("shapley", shapley), ("print_summary", print_summary)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"Expected argument `{name}` to be a bool, but got {type(flag).__name__} {flag!r}.")
-        self.shapley = shapley
+        self.shapley = V.check_bool("shapley", shapley)
+        if print_summary is True:
+            print_summary = "end"
+        if print_summary not in (False, "end", "epoch"):
+            raise ValueError(
+                f"Expected argument `print_summary` to be 'end', 'epoch' or False, but got {print_summary!r}."
+            )
         self.print_summary = print_summary
+        self._last_tables: dict[str, tuple[str, list[tuple[str, dict[str, Any]]]]] = {}
         self.images_every_n_epochs = (
             None if images_every_n_epochs is None else V.check_int("images_every_n_epochs", images_every_n_epochs, 1)
         )
@@ -204,6 +213,7 @@ class SubgroupMonitor(Callback):
         if stage == "fit":
             # a new fit counts its own validation runs (a checkpoint's counts are restored after setup)
             self.val_runs, self.epochs_logged, self._pending_figures = 0, 0, None
+            self._last_tables.pop("val", None)
             self._refuse_stale_judges(trainer)
         if (
             self.images_every_n_epochs is not None
@@ -456,9 +466,26 @@ class SubgroupMonitor(Callback):
         elif every is not None:
             self._pending_figures = (prefix, trainer.global_step, tables)  # drawn at the end of fit
         self.epochs_logged += 1
-        if self.print_summary:
-            for suffix, values in tables:
-                self._print_table(prefix + suffix, trainer, values)
+        # a test has no epoch of its own (from a checkpoint, current_epoch is not the training's)
+        self._last_tables[prefix] = (f"epoch {trainer.current_epoch}" if prefix == "val" else "", tables)
+        # a test or a standalone validate() is one epoch: its table is the summary
+        alone = prefix == "test" or trainer.state.fn == TrainerFn.VALIDATING
+        if self.print_summary == "epoch" or (self.print_summary and alone):
+            self.print_tables(prefix)
+
+    def print_tables(self, stage: str = "val") -> None:
+        """Print the rich tables of the last logged ``stage`` ("val" or "test") epoch (rank zero).
+
+        Raises:
+            RuntimeError: if that stage has logged nothing yet.
+        """
+        if stage not in self._last_tables:
+            raise RuntimeError(
+                f"SubgroupMonitor has logged no {stage!r} epoch yet (have: {sorted(self._last_tables)})."
+            )
+        when, tables = self._last_tables[stage]
+        for suffix, values in tables:
+            self._print_table(stage + suffix, when, values)
 
     def _warn_spawn_limit(self, trainer: Trainer, logged: int) -> None:
         """Warn before a ddp_spawn run hangs on the number of its callback metrics.
@@ -504,6 +531,8 @@ class SubgroupMonitor(Callback):
 
     @override
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.print_summary == "end" and "val" in self._last_tables:
+            self.print_tables("val")
         if self._pending_figures is not None:  # the last logged epoch skipped its figures
             prefix, step, tables = self._pending_figures
             self._log_figures(prefix, step, trainer, tables)
@@ -583,11 +612,9 @@ class SubgroupMonitor(Callback):
                 tb.experiment.add_figure(tag, fig, step)
 
     @rank_zero_only
-    def _print_table(self, prefix: str, trainer: Trainer, values: dict[str, Any]) -> None:
+    def _print_table(self, prefix: str, when: str, values: dict[str, Any]) -> None:
         rel = values["reliability"]
-        # a test has no epoch of its own (from a checkpoint, current_epoch is not the training's)
-        when = f"epoch {trainer.current_epoch}" if prefix.startswith("val") else ""
-        table = Table(title=f"{prefix} {when}: per-modality reliability".replace("  ", " "))
+        table = Table(title=f"{prefix} {when}".strip() + ": per-modality reliability")
         table.add_column("head")
         for metric in RELIABILITY_METRICS:
             table.add_column(metric, justify="right")

@@ -101,13 +101,34 @@ def test_logged_values_equal_direct_computation(tmp_path: Path) -> None:
 def test_console_table_and_every_n_epochs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     model = ThreeHeadNet()
     train, val = loaders()
-    monitor = SubgroupMonitor(every_n_epochs=2, images_every_n_epochs=None)
+    monitor = SubgroupMonitor(every_n_epochs=2, images_every_n_epochs=None, print_summary="epoch")
     trainer(tmp_path, max_epochs=5, callbacks=[monitor]).fit(model, train, val)
     assert monitor.epochs_logged == 3  # epochs 0, 2, 4
     printed = capsys.readouterr().out
     assert printed.count("per-modality reliability") == 3
     for word in ("audio", "video", "text", "fused", "macro_f1", "subgroups:", "active"):
         assert word in printed
+
+
+def test_by_default_one_table_at_the_end_of_fit_and_after_each_test(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Issue 18 part 4: 46 tables in a 46-epoch fit."""
+    model = ThreeHeadNet()
+    train, val = loaders()
+    monitor = SubgroupMonitor(images_every_n_epochs=None)
+    with pytest.raises(RuntimeError, match="no 'val' epoch yet"):
+        monitor.print_tables()
+    t = trainer(tmp_path, max_epochs=4, callbacks=[monitor])
+    t.fit(model, train, val)
+    printed = capsys.readouterr().out
+    assert printed.count("per-modality reliability") == 1 and "val epoch 3:" in printed
+    t.test(model, val, verbose=False)
+    assert capsys.readouterr().out.count("test: per-modality reliability") == 1
+    monitor.print_tables("val")  # on demand: the last validation epoch again
+    assert "val epoch 3:" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="print_summary"):
+        SubgroupMonitor(print_summary="always")
 
 
 def test_without_tensorboard_warns_once_and_still_logs(tmp_path: Path) -> None:
