@@ -343,6 +343,21 @@ def summarise(rows: list[dict[str, Any]], modalities: list[str]) -> tuple[list[s
     return header, out
 
 
+def _table(title: str, header: list[str], rows: list[list[str]], caption: str | None = None) -> Table:
+    """A console table that fits the terminal: the fusion column whole, the numbers wrapped in their cells.
+
+    (A cell such as ``0.876 ± 0.010`` wraps after the ``±`` rather than being cut to ``0.876 …``.)
+    """
+    table = Table(title=title, caption=caption)
+    width = max(len(r[0]) for r in rows) if rows else 6
+    table.add_column(header[0], no_wrap=True, min_width=max(width, len(header[0])))
+    for h in header[1:]:
+        table.add_column(h, justify="right", overflow="fold")
+    for r in rows:
+        table.add_row(*r, style="bold" if r[0] == "mm" else None)
+    return table
+
+
 def write_rows(rows: list[dict[str, Any]], output: Path) -> None:
     """``results.csv``, one row per finished run, replaced atomically (a reader never sees half a file)."""
     fields = list(dict.fromkeys(k for r in rows for k in r))
@@ -668,7 +683,6 @@ def _run_all(
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     logging.getLogger("lightning.fabric").setLevel(logging.ERROR)
     console = Console()
-    wide = Console(width=max(console.width, 132))  # the tables: wrap less than the terminal would
     if args.data_class is not None:
         what = args.data_class.__name__
     else:
@@ -708,21 +722,16 @@ def _run_all(
     per_mod = {f"{m} acc" for m in modalities} | {f"{m} ECE" for m in modalities}
     main_cols = [i for i, h in enumerate(header) if h not in per_mod]
     mod_cols = [0] + [i for i, h in enumerate(header) if h in per_mod]
-    for cols, caption in ((main_cols, title), (mod_cols, "per-modality heads (test split)")):
-        table = Table(title=caption)
-        for i in cols:
-            table.add_column(header[i], justify="left" if i == 0 else "right", no_wrap=True)
-        for r in table_rows:
-            table.add_row(*(r[i] for i in cols), style="bold" if r[0] == "mm" else None)
-        wide.print(table)
+    console.print(_table(title, [header[i] for i in main_cols], [[r[i] for i in main_cols] for r in table_rows]))
+    heads_header = [header[i] for i in mod_cols]
+    heads_rows = [[r[i] for i in mod_cols] for r in table_rows]
+    if len(mod_cols) - 1 > len(table_rows):  # more head columns than fusions: heads as rows (fits 80 columns)
+        heads_rows = [[h, *(r[j] for r in heads_rows)] for j, h in enumerate(heads_header) if j > 0]
+        heads_header = ["head", *(r[0] for r in table_rows)]
+    console.print(_table("per-modality heads (test split)", heads_header, heads_rows))
     r_header, r_table = summarise_robustness(rows)
     if r_table:
-        table = Table(title="robustness (test split)", caption=ROBUSTNESS_NOTE)
-        for i, h in enumerate(r_header):
-            table.add_column(h, justify="left" if i == 0 else "right", no_wrap=True)
-        for r in r_table:
-            table.add_row(*r, style="bold" if r[0] == "mm" else None)
-        console.print(table)
+        console.print(_table("robustness (test split)", r_header, r_table, ROBUSTNESS_NOTE))
     write_outputs(rows, modalities, output, title)
     console.print(f"wrote {output / 'results.csv'}, {output / 'results.md'}, {output / 'results.png'}")
     return rows

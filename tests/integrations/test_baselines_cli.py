@@ -243,24 +243,36 @@ def test_robustness_levels_are_checked_before_lightning_starts(levels: str, matc
         main(["robustness", "--config", "examples/configs/synthetic_ehh.yaml", "--levels", levels])
 
 
-def test_compare_adds_a_robustness_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Issue 18 part 2: each fusion dropped and degraded on the test split; effective vs late."""
+def test_compare_adds_a_robustness_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18 part 2: each fusion dropped and degraded on the test split; effective vs late.
+
+    Part 4: the tables fit an 80-column terminal, nothing cut ("0.600 …", "fusi…").
+    """
     from lightning_mmloss import RobustnessReport
 
+    monkeypatch.setenv("COLUMNS", "80")
     out = tmp_path / "cmp"
-    argv = "compare --scenario ehh --preset tiny --seeds 1 --epochs 2 --fusions mm,late --hidden 8"
+    argv = "compare --scenario ehh --preset tiny --seeds 2 --epochs 2 --fusions mm,late --hidden 8"
     main([*argv.split(), "--output", str(out)])
-    assert "robustness (test split)" in capsys.readouterr().out
-    rows = {r["fusion"]: r for r in csv.DictReader((out / "results.csv").read_text().splitlines())}
+    printed = capsys.readouterr().out
+    assert "robustness (test split)" in printed and "…" not in printed
+    assert max(len(line) for line in printed.splitlines()) <= 80
+    assert "m1 acc" in printed and "independent" not in printed  # heads as rows: 6 head columns > 2 fusions
+    all_rows = list(csv.DictReader((out / "results.csv").read_text().splitlines()))
+    rows = {r["fusion"]: r for r in all_rows if r["seed"] == "1"}
     for fusion in ("mm", "late"):
-        report = RobustnessReport.from_csv(out / "robustness" / f"{fusion}_seed0.csv")
+        report = RobustnessReport.from_csv(out / "robustness" / f"{fusion}_seed1.csv")
         rel = report.relative_robustness()
         assert float(rows[fusion]["robust_rel"]) == pytest.approx(sum(rel.values()) / len(rel))
         drops = [r["acc"] for r in report.rows if r["condition"] == "drop"]
         assert float(rows[fusion]["robust_worst_drop"]) == pytest.approx(min(drops))
     md = (out / "results.md").read_text()
-    effective = float(rows["mm"]["robust_rel"]) - float(rows["late"]["robust_rel"])
+    by = {(r["fusion"], r["seed"]): float(r["robust_rel"]) for r in all_rows}
+    effective = [by[("mm", s)] - by[("late", s)] for s in ("0", "1")]
     mm_line = next(line for line in md.split("## Robustness")[1].splitlines() if line.startswith("| mm |"))
-    assert mm_line.rstrip(" |").endswith(f"{effective:.3f}")
+    mean, std = sum(effective) / 2, abs(effective[0] - effective[1]) / 2**0.5
+    assert mm_line.rstrip(" |").endswith(f"{mean:.3f} ± {std:.3f}")
     main([*argv.split(), "--output", str(tmp_path / "none"), "--no-robustness"])
     assert "robust_rel" not in (tmp_path / "none" / "results.csv").read_text()
