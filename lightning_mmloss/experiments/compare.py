@@ -20,7 +20,14 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 from torch import Tensor
 
@@ -160,8 +167,20 @@ def _datamodule(args: argparse.Namespace, seed: int) -> L.LightningDataModule:
     )
 
 
-def run_one(args: argparse.Namespace, fusion: str, seed: int, output: Path) -> dict[str, Any]:
-    """Train one fusion with one seed; returns its results row."""
+class _EpochProgress(L.Callback):
+    """Advances a rich progress bar by one at the end of every training epoch (compare's inner bar)."""
+
+    def __init__(self, progress: Progress, task: Any) -> None:
+        self.progress, self.task = progress, task
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.progress.update(self.task, completed=trainer.current_epoch + 1)
+
+
+def run_one(
+    args: argparse.Namespace, fusion: str, seed: int, output: Path, callbacks: Sequence[L.Callback] = ()
+) -> dict[str, Any]:
+    """Train one fusion with one seed (``callbacks`` join the trainer's); returns its results row."""
     L.seed_everything(seed, verbose=False)
     dm = _datamodule(args, seed)
     dm.setup("fit")
@@ -178,7 +197,7 @@ def run_one(args: argparse.Namespace, fusion: str, seed: int, output: Path) -> d
         log_every_n_steps=5,
         deterministic=True,
         # the per-modality metrics and figures in each run's TensorBoard log, every 10th validation
-        callbacks=[SubgroupMonitor(every_n_epochs=10, print_summary=False, images_every_n_epochs=2)],
+        callbacks=[SubgroupMonitor(every_n_epochs=10, print_summary=False, images_every_n_epochs=2), *callbacks],
     )
     start = time.perf_counter()
     trainer.fit(model, dm)
@@ -698,10 +717,18 @@ def _run_all(
     console.print(f"[bold]lightning-mmloss compare[/bold]: {title}")
     finished = {(r["fusion"], r["seed"]): r for r in done}
     rows: list[dict[str, Any]] = []
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=console) as progress, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Lightning's hints about workers and logging intervals
-        task = progress.add_task("training", total=len(fusions) * args.seeds)
+        task = progress.add_task("runs", total=len(fusions) * args.seeds)
+        epochs = progress.add_task("epochs", total=args.epochs)  # inside the current run
         for seed in range(args.seeds):
             for fusion in fusions:
                 if (fusion, seed) in finished:  # --resume: finished before
@@ -709,9 +736,10 @@ def _run_all(
                     progress.advance(task)
                     continue
                 progress.update(task, description=f"{fusion:>7} seed {seed}")
+                progress.reset(epochs, total=args.epochs, description="   epoch")
                 # an interrupted run of this fusion and seed left its logs: one event file per folder
                 shutil.rmtree(output / "tensorboard" / fusion / f"seed{seed}", ignore_errors=True)
-                row = run_one(args, fusion, seed, output)
+                row = run_one(args, fusion, seed, output, callbacks=[_EpochProgress(progress, epochs)])
                 rows.append(row)
                 write_rows(rows, output)  # every finished run is on disk at once
                 progress.advance(task)

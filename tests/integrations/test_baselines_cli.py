@@ -276,3 +276,24 @@ def test_compare_adds_a_robustness_table(
     assert mm_line.rstrip(" |").endswith(f"{mean:.3f} ± {std:.3f}")
     main([*argv.split(), "--output", str(tmp_path / "none"), "--no-robustness"])
     assert "robust_rel" not in (tmp_path / "none" / "results.csv").read_text()
+
+
+def test_compare_shows_the_epochs_inside_a_run(tmp_path: Path) -> None:
+    """Issue 18 part 4: progress was only runs done, nothing inside a 60-epoch run."""
+    from rich.progress import Progress
+
+    from lightning_mmloss.experiments.compare import _EpochProgress
+
+    L.seed_everything(0)
+    dm = SyntheticMultimodalDataModule("ehh", preset="tiny", batch_size=100)
+    model = MultiModalClassifier(["m1", "m2", "m3"], dict.fromkeys(["m1", "m2", "m3"], 8), 2, hidden=[8])
+    with Progress(disable=True) as progress:
+        task = progress.add_task("epoch", total=3)
+        seen: list[float] = []
+
+        class Spy(L.Callback):
+            def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+                seen.append(progress.tasks[0].completed)
+
+        trainer(tmp_path, max_epochs=3, callbacks=[_EpochProgress(progress, task), Spy()]).fit(model, dm)
+    assert seen == [1, 2, 3]
