@@ -23,6 +23,25 @@ class MultiModalCLI(LightningCLI):
         for name in sorted(init_parameters(self.model_class) & set(LINKED)):
             parser.link_arguments(f"data.{name}", f"model.{name}", apply_on="instantiate")
 
+    def before_instantiate_classes(self) -> None:
+        """A relative ``data_dir`` in a config file is taken relative to that file (then to the working directory)."""
+        config = self.config.get(self.subcommand) if self.subcommand else self.config
+        data = config.get("data") if config is not None else None
+        init = data.get("init_args") if data is not None and hasattr(data, "get") else None
+        value = init.get("data_dir") if init is not None and hasattr(init, "get") else None
+        if not isinstance(value, str) or Path(value).is_absolute():
+            return
+        files = [Path(str(c)) for c in (config.get("config") or [])]
+        tried = [f.parent / value for f in files] + [Path.cwd() / value]
+        found = next((t for t in tried if t.is_dir()), None)
+        if found is None:
+            raise SystemExit(
+                f"lightning-mmloss: data_dir {value!r} is not a directory; tried "
+                f"{', '.join(str(t.resolve()) for t in tried)} (a relative data_dir is taken relative to the config "
+                "file, then to the working directory); set it with --data.init_args.data_dir=PATH"
+            )
+        init["data_dir"] = str(found.resolve())
+
     def before_predict(self) -> None:
         """``predict`` writes its output to a file, not only to the return value nobody sees."""
         path = Path(self.trainer.default_root_dir) / "predictions.csv"

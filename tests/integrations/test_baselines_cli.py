@@ -297,3 +297,31 @@ def test_compare_shows_the_epochs_inside_a_run(tmp_path: Path) -> None:
 
         trainer(tmp_path, max_epochs=3, callbacks=[_EpochProgress(progress, task), Spy()]).fit(model, dm)
     assert seen == [1, 2, 3]
+
+
+def test_a_config_data_dir_is_relative_to_the_config_file(tmp_path: Path) -> None:
+    """Issue 18 part 4: the shipped UCI configs worked only from the repository root."""
+    from conftest import UCI_DIR
+
+    if not UCI_DIR.is_dir():
+        pytest.skip("no UCI data")
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "views").symlink_to(UCI_DIR.resolve())
+    text = (ROOT / "examples" / "configs" / "uci_mfeat.yaml").read_text()
+    text = text.replace("../../../shared/data/uci-mfeat", "views")
+    (folder / "mine.yaml").write_text(text)
+    elsewhere = tmp_path / "run"
+    elsewhere.mkdir()
+    _cli("fit", "--config", str(folder / "mine.yaml"), *QUICK, "--trainer.callbacks=[]", cwd=elsewhere)
+    assert any((elsewhere / "lightning_logs").rglob("*.ckpt"))
+    (folder / "bad.yaml").write_text(text.replace("data_dir: views", "data_dir: nowhere"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "lightning_mmloss.experiments.cli", "fit", "--config", str(folder / "bad.yaml"), *QUICK],
+        cwd=elsewhere,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert f"data_dir 'nowhere' is not a directory; tried {folder / 'nowhere'}, {elsewhere / 'nowhere'}" in proc.stderr
