@@ -20,9 +20,9 @@ def subgroup_profile_figure(
     modality_names: Sequence[str],
     class_names: Sequence[str] | None = None,
     max_rows: int = 24,
-    annotate: bool = False,
+    annotate: bool | None = None,
 ) -> Figure:
-    """Heatmap: occupied subgroups (rows, labelled ``class/proxy (n)``) x modalities.
+    """Heatmap: occupied subgroups (rows, labelled ``class 3, proxy 2: 41 instances``) x modalities.
 
     Each cell is the mean score that modality gives the subgroup's own class over the
     subgroup's members (``SubgroupStatistics`` ``profile``): a bright cell means that modality is
@@ -35,15 +35,16 @@ def subgroup_profile_figure(
         modality_names: the ``M`` column labels.
         class_names: optional ``C`` class labels.
         max_rows: most rows drawn.
-        annotate: write each cell's value in it (slower to render).
+        annotate: write each cell's value in it; ``None`` (default): where they fit, up to 96
+            cells (text is most of the rendering time).
 
     Example::
 
         >>> import torch
         >>> from lightning_mmloss.plotting import subgroup_profile_figure
         >>> fig = subgroup_profile_figure(torch.rand(2, 3, 2), torch.tensor([[4.0, 0, 1], [2, 2, 0]]), ["a", "b"])
-        >>> [t.get_text() for t in fig.axes[0].get_yticklabels()]
-        ['0/0 (4)', '0/2 (1)', '1/0 (2)', '1/1 (2)']
+        >>> [t.get_text() for t in fig.axes[0].get_yticklabels()][:2]
+        ['class 0, proxy 0: 4 instances', 'class 0, proxy 2: 1 instance']
     """
     C, K, M = profile.shape
     counts = occupancy.flatten().double().cpu()
@@ -54,10 +55,15 @@ def subgroup_profile_figure(
     names = list(class_names) if class_names is not None else [str(c) for c in range(C)]
     if len(names) != C:
         raise ValueError(f"Expected argument `class_names` to hold C={C} names, but got {len(names)}.")
-    labels = [f"{names[int(j) // K]}/{int(j) % K} ({int(counts[j])})" for j in order]
+    labels = []
+    for j in order.tolist():
+        n = int(counts[j])
+        labels.append(f"class {names[j // K]}, proxy {j % K}: {n} instance{'' if n == 1 else 's'}")
+    if annotate is None:
+        annotate = len(labels) * M <= 96
     rows = max(len(labels), 1)
     # fixed margins instead of a layout engine: constrained layout doubled the rendering time
-    label_w = 0.9 + 0.075 * max((len(t) for t in labels), default=4)
+    label_w = 0.3 + 0.068 * max((len(t) for t in labels), default=4)
     width, height = label_w + 1.0 * M + 1.1, 1.2 + 0.3 * rows
     fig = Figure(figsize=(width, height), dpi=_DPI)
     ax = fig.add_axes((label_w / width, 0.45 / height, (1.0 * M) / width, (height - 0.95) / height))
@@ -67,7 +73,7 @@ def subgroup_profile_figure(
     ax.set_xticks(range(M), labels=list(modality_names))
     ax.set_yticks(range(len(labels)), labels=labels)
     shown = f"{len(labels)} of {occupied} occupied subgroups" if len(labels) < occupied else f"{occupied} subgroups"
-    ax.set_title(f"class/proxy (n): own-class score\n{shown}", fontsize=_FONT)
+    ax.set_title(f"own-class score per subgroup\n{shown}", fontsize=_FONT)
     if annotate:  # numbers in the cells: readable, but text is most of the rendering time
         for i in range(len(labels)):
             for m in range(M):

@@ -325,3 +325,27 @@ def test_a_config_data_dir_is_relative_to_the_config_file(tmp_path: Path) -> Non
     )
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert f"data_dir 'nowhere' is not a directory; tried {folder / 'nowhere'}, {elsewhere / 'nowhere'}" in proc.stderr
+
+
+def test_results_png_shows_accuracy_and_ece_from_zero_with_the_legend_clear_of_the_bars(tmp_path: Path) -> None:
+    """Issue 18 part 4: the y-axis started at 0.6 unannounced, the legend sat on the bars, no ECE."""
+    import math
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from lightning_mmloss.experiments.compare import _plot
+
+    with open(ROOT / "benchmarks" / "results" / "ehh.csv") as f:
+        rows = [
+            {k: v if k == "fusion" else (float(v) if v else math.nan) for k, v in r.items()} for r in csv.DictReader(f)
+        ]
+    fig = _plot(rows, ["m1", "m2", "m3"], tmp_path / "results.png", "ehh")
+    acc_ax, ece_ax = fig.axes[:2]
+    assert acc_ax.get_ylim()[0] == 0 and ece_ax.get_ylim()[0] == 0 and "ECE" in ece_ax.get_ylabel()
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    legend = acc_ax.get_legend().get_window_extent(renderer)
+    assert not any(legend.overlaps(bar.get_window_extent(renderer)) for bar in acc_ax.patches)
+    means = {t.get_text() for t in acc_ax.texts}
+    mm = [r["test_acc"] for r in rows if r["fusion"] == "mm"]
+    assert f"{sum(mm) / len(mm):.3f}" in means

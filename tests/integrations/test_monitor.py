@@ -331,6 +331,13 @@ def test_profile_figure_labels_classes_and_says_how_many_rows_are_shown() -> Non
     occupancy = torch.tensor([[5.0, 0.0, 2.0], [1.0, 3.0, 0.0]])
     fig = subgroup_profile_figure(torch.rand(2, 3, 2), occupancy, ["a", "b"], class_names=["cat", "dog"], max_rows=3)
     ax = fig.axes[0]
-    assert [t.get_text() for t in ax.get_yticklabels()] == ["cat/0 (5)", "cat/2 (2)", "dog/1 (3)"]
+    assert [t.get_text() for t in ax.get_yticklabels()] == [
+        "class cat, proxy 0: 5 instances",
+        "class cat, proxy 2: 2 instances",
+        "class dog, proxy 1: 3 instances",
+    ]
     assert "3 of 4 occupied subgroups" in ax.get_title()
     assert len(fig.axes) == 2  # the heatmap and its colour bar
+    assert len(ax.texts) == 3 * 2  # the values, where they fit (issue 18 part 4)
+    many = subgroup_profile_figure(torch.rand(10, 5, 5), torch.ones(10, 5), list("abcde"))
+    assert len(many.axes[0].texts) == 0  # 24 rows x 5 cells: too many to write in
