@@ -57,6 +57,10 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "mm_paper_cal": _mm(0.0, "kaiming", calibrate=True),
     "mm_classinit_aux0.5_g0.2": _mm(0.5, gamma=0.2),
     "mm_classinit_aux0.5_k5": _mm(0.5, proxies_per_class=5),
+    # issue 19: the heads' mean log-probability in the fused logit (product-of-experts evidence)
+    "mm_le0.5": ("mm", {"loss_options": {"log_evidence": 0.5}}),
+    "mm_le1": ("mm", {"loss_options": {"log_evidence": 1.0}}),
+    "mm_le2": ("mm", {"loss_options": {"log_evidence": 2.0}}),
 }
 
 SCENARIO_DATA = {

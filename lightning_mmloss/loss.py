@@ -64,6 +64,8 @@ class MultiModalLoss(nn.Module):
         activation: ``"softmax"`` (inputs are logits) or ``"identity"`` (inputs are scores >= 0).
         backend: ``"fused"`` (default: hand-written backward, the fastest) or ``"autograd"``
             (plain torch ops: supports double backward and ``torch.func`` transforms).
+        log_evidence: weight ``>= 0`` of the heads' mean log-probability added to the fused
+            logits (:class:`~lightning_mmloss.functional.FusionOptions`); 0: the paper's.
         class_weight: optional per-class weight ``(C,)`` for the cross-entropy (its ``weight``;
             renamed because ``MultiModalLoss.weight`` is the proxy parameter).
         label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
@@ -115,6 +117,7 @@ class MultiModalLoss(nn.Module):
         normalize_proxies: bool = True,
         activation: str = "softmax",
         backend: str = "fused",
+        log_evidence: float = 0.0,
         class_weight: Tensor | Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         ignore_index: int = -100,
@@ -139,6 +142,7 @@ class MultiModalLoss(nn.Module):
             normalize_proxies=normalize_proxies,
             activation=activation,
             backend=backend,
+            log_evidence=log_evidence,
         )
         self.modality_names = names
         # checked once; the class weight lives in a buffer (it moves with the module)

@@ -50,6 +50,11 @@ class FusionOptions:
         activation: ``"softmax"`` (inputs are logits) or ``"identity"`` (inputs are scores >= 0).
         backend: ``"fused"`` (hand-written backward, the fastest eager) or ``"autograd"`` (plain
             torch ops: double backward and ``torch.func``).
+        log_evidence: weight ``>= 0`` of the heads' log-evidence in the fused logits:
+            ``o = s + h + log_evidence * mean_m log p_m`` over the present modalities (what late
+            fusion sums). ``h`` sums probabilities, a vote of at most 2 per head and class; the
+            log term lets a head that is sure outweigh heads that are mildly wrong, as the
+            product of the heads' beliefs does on clean data. 0: the paper's fused logit.
 
     Example::
 
@@ -68,9 +73,11 @@ class FusionOptions:
     normalize_proxies: bool = True
     activation: str = "softmax"
     backend: str = "fused"
+    log_evidence: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gamma", V.check_gamma(self.gamma))
+        object.__setattr__(self, "log_evidence", V.check_nonnegative("log_evidence", self.log_evidence))
         V.check_choice("pooling", self.pooling, V.POOLINGS)
         V.check_choice("activation", self.activation, V.ACTIVATIONS)
         V.check_choice("backend", self.backend, V.BACKENDS)
@@ -440,16 +447,35 @@ def _fuse(u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, anal
     with _no_autocast(u.device.type):
         u, weight = u.to(dtype), weight.to(dtype)
         if not _uses_fused_path(spec):
-            return _fuse_composite(u, weight, mask, spec, analytics)
-        uT = u.permute(1, 2, 0).contiguous()  # (M, C, B): the one copy of the input
-        out = _FusionFunction.apply(uT, weight, mask, spec, analytics)
-    inputs = uT.permute(2, 0, 1)
-    if not analytics:
-        return _Raw(out.t(), inputs=inputs)
-    o, T, A, a, p = out
-    B, C, K = o.shape[1], spec.num_classes, spec.proxies_per_class
-    a_bf = a.t() if a.numel() else None
-    return _Raw(o.t(), T.permute(2, 0, 1), A.t().view(B, C, K), a_bf, p.permute(2, 0, 1), inputs)
+            raw = _fuse_composite(u, weight, mask, spec, analytics)
+        else:
+            uT = u.permute(1, 2, 0).contiguous()  # (M, C, B): the one copy of the input
+            out = _FusionFunction.apply(uT, weight, mask, spec, analytics)
+            inputs = uT.permute(2, 0, 1)
+            if not analytics:
+                raw = _Raw(out.t(), inputs=inputs)
+            else:
+                o, T, A, a, p = out
+                B, C, K = o.shape[1], spec.num_classes, spec.proxies_per_class
+                a_bf = a.t() if a.numel() else None
+                raw = _Raw(o.t(), T.permute(2, 0, 1), A.t().view(B, C, K), a_bf, p.permute(2, 0, 1), inputs)
+        if spec.log_evidence:  # one place for every path: loss, fuse, Shapley values
+            raw = raw._replace(logits=raw.logits + spec.log_evidence * _mean_log_evidence(u, mask, spec))
+    return raw
+
+
+def _mean_log_evidence(u: Tensor, mask: Tensor | None, spec: FusionSpec) -> Tensor:
+    """``mean_m log p_m`` over the present modalities, ``(B, C)`` (0 where none is present)."""
+    if mask is not None:  # absent entries may be NaN: keep them out of the backward too
+        u = torch.where(mask[:, :, None], u, u.new_zeros(()))
+    if spec.activation == "softmax":
+        logp = u.log_softmax(dim=-1)
+    else:
+        logp = u.clamp_min(torch.finfo(u.dtype).tiny).log()
+    if mask is None:
+        return logp.mean(dim=1)
+    keep = mask[:, :, None].to(logp.dtype)
+    return (logp * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
 
 
 def _analytics(raw: _Raw, spec: FusionSpec, temperature: Tensor | None = None) -> FusionOutput:

@@ -34,8 +34,12 @@ def reference_fuse(
     normalize: bool = True,
     activation: str = "softmax",
     mask: Tensor | None = None,
+    log_evidence: float = 0.0,
 ) -> dict[str, Tensor]:
-    """Fuse a batch ``u`` ``(B, M, C)`` instance by instance; returns logits and analytics."""
+    """Fuse a batch ``u`` ``(B, M, C)`` instance by instance; returns logits and analytics.
+
+    ``log_evidence``: plus that weight times the mean over the present modalities of ``log p_m``.
+    """
     B, M, C = u.shape
     proxies = []
     for j in range(C * K):
@@ -72,6 +76,10 @@ def reference_fuse(
             q = torch.stack([_softmax(Sck[c, :] / gamma) for c in range(C)], dim=0)
         s = [sum(q[c, k] * Sck[c, k] for k in range(K)) for c in range(C)]
         o = torch.stack([s[c] + h[c] for c in range(C)])
+        if log_evidence:
+            present = [m for m in range(M) if mask is None or bool(mask[b, m])]
+            logs = [torch.log(_softmax(u[b, m]) if activation == "softmax" else u[b, m]) for m in present]
+            o = o + log_evidence * (sum(logs) / len(logs) if logs else torch.zeros_like(o))
         c_hat = int(o.argmax())
         contrib = []
         for m in range(M):

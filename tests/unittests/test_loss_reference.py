@@ -368,3 +368,52 @@ def test_auxiliary_term_without_checks_and_with_every_target_ignored(
         torch.testing.assert_close(g, torch.autograd.grad(ref, u)[0])
         if bool((y == -100).all()):
             assert float(aux.detach()) == 0.0 and aux.requires_grad
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("activation", ["softmax", "identity"])
+def test_log_evidence_matches_reference_with_mask(activation: str, backend: str) -> None:
+    """Issue 19: ``o = s + h + log_evidence * mean_m log p_m`` on every path (module, functional, Shapley)."""
+    M, C, K = 3, 4, 2
+    crit = _make(M, C, K, activation=activation, backend=backend, log_evidence=0.7)
+    u = _inputs(6, M, C, activation)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 1], [0, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=torch.bool)
+    y = torch.randint(0, C, (6,))
+    out = crit.fuse(u, modality_mask=mask)
+    ref = reference_fuse(u, crit.weight, K, 0.1, "reference", True, True, activation, mask, log_evidence=0.7)
+    plain = reference_fuse(u, crit.weight, K, 0.1, "reference", True, True, activation, mask)
+    assert not torch.allclose(ref["logits"], plain["logits"])  # the term is there
+    torch.testing.assert_close(out.logits, ref["logits"])
+    torch.testing.assert_close(out.modality_weights, ref["weights"].detach())
+    crit.aux_weight = 0.0
+    loss = crit(u, y, modality_mask=mask)
+    ref_loss = reference_cross_entropy(ref["logits"], y)
+    torch.testing.assert_close(loss, ref_loss)
+    torch.testing.assert_close(
+        torch.autograd.grad(loss, (u, crit.weight)), torch.autograd.grad(ref_loss, (u, crit.weight))
+    )
+    fn = multimodal_logits(u, crit.weight, modality_mask=mask, activation=activation, backend=backend, log_evidence=0.7)
+    torch.testing.assert_close(fn, ref["logits"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradcheck_log_evidence(backend: str) -> None:
+    M, C, K = 3, 3, 2
+    crit = _make(M, C, K, gamma=0.5)
+    with torch.no_grad():  # keep every weight away from the clamp's kink at 0
+        crit.weight.copy_(torch.where(crit.weight.abs() < 0.05, 0.3, crit.weight))
+    u = _inputs(4, M, C)
+    mask = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 0], [0, 1, 0]], dtype=torch.bool)
+    w = crit.weight.detach().clone().requires_grad_(True)
+
+    def fused(u_: torch.Tensor, w_: torch.Tensor) -> torch.Tensor:
+        return multimodal_logits(u_, w_, gamma=0.5, modality_mask=mask, backend=backend, log_evidence=1.3)
+
+    assert torch.autograd.gradcheck(fused, (u, w), eps=1e-6, atol=1e-5)
+
+
+def test_log_evidence_is_checked() -> None:
+    with pytest.raises(ValueError, match="log_evidence"):
+        MultiModalLoss(3, 2, log_evidence=-1.0)
+    with pytest.raises(ValueError, match="log_evidence"):
+        MultiModalLoss(3, 2, log_evidence=float("nan"))
