@@ -490,3 +490,20 @@ def check_probabilities(**tensors: Tensor) -> None:
                 f"Expected argument `{name}` to hold probabilities in [0, 1], but got values in [{lo:.4g}, {hi:.4g}] "
                 "(pass softmax scores, not logits; `validate_args=False` skips this check)."
             )
+
+
+def check_class_names(value: Any) -> list[str] | None:
+    """``class_names`` as a list of str (``None`` allowed); a single string is refused."""
+    if value is None:
+        return None
+    if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(c, str) for c in value):
+        raise TypeError(f"Expected argument `class_names` to be a list of str, but got {value!r}.")
+    return list(value)
+
+
+def check_class_names_count(names: list[str] | None, num_classes: int) -> None:
+    """``class_names`` must name the model's classes, once each."""
+    if names is not None and len(names) != num_classes:
+        raise ValueError(
+            f"Expected argument `class_names` to name the model's {num_classes} classes, but got {len(names)}: {names}."
+        )

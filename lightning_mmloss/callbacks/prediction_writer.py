@@ -63,11 +63,7 @@ class PredictionWriter(Callback):
             raise TypeError(f"Expected argument `id_key` to be a str or None, but got {type(id_key).__name__}.")
         self.id_key = id_key
         self.shapley = V.check_bool("shapley", shapley)
-        if class_names is not None and (
-            isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names)
-        ):
-            raise TypeError(f"Expected argument `class_names` to be a list of str, but got {class_names!r}.")
-        self.class_names = None if class_names is None else list(class_names)
+        self.class_names = V.check_class_names(class_names)
         self.written: list[Path] = []
         self._rows: list[dict[str, Any]] = []
         self._seen: dict[int, int] = {}
@@ -122,11 +118,7 @@ class PredictionWriter(Callback):
                 "MultiModal loss), but got True."
             )
         num_classes = pl_module.mm_num_classes  # type: ignore[attr-defined]
-        if self.class_names is not None and len(self.class_names) != num_classes:
-            raise ValueError(
-                f"Expected argument `class_names` to name the model's {num_classes} classes, but got "
-                f"{len(self.class_names)}: {self.class_names}."
-            )
+        V.check_class_names_count(self.class_names, num_classes)
         self._rows, self._seen = [], {}
 
     @override

@@ -146,11 +146,7 @@ class SubgroupMonitor(Callback):
             None if images_every_n_epochs is None else V.check_int("images_every_n_epochs", images_every_n_epochs, 1)
         )
         self.n_bins = V.check_int("n_bins", n_bins, 1)
-        if class_names is not None and (
-            isinstance(class_names, str) or not all(isinstance(c, str) for c in class_names)
-        ):
-            raise TypeError(f"Expected argument `class_names` to be a list of str, but got {class_names!r}.")
-        self.class_names = None if class_names is None else list(class_names)
+        self.class_names = V.check_class_names(class_names)
         self._metrics: dict[tuple[str, int], dict[str, Any]] = {}
         self._warned_no_tensorboard = False
         self._warned_spawn = False
@@ -204,11 +200,7 @@ class SubgroupMonitor(Callback):
         self._has_subgroups = loss is not None
         self._num_classes = num_classes
         self._proxies_per_class = None if loss is None else loss.proxies_per_class
-        if self.class_names is not None and len(self.class_names) != num_classes:
-            raise ValueError(
-                f"Expected argument `class_names` to name the model's {num_classes} classes, but got "
-                f"{len(self.class_names)}: {self.class_names}."
-            )
+        V.check_class_names_count(self.class_names, num_classes)
         self._metrics = {}
         if stage == "fit":
             # a new fit counts its own validation runs (a checkpoint's counts are restored after setup)
