@@ -61,6 +61,11 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "mm_le0.5": ("mm", {"loss_options": {"log_evidence": 0.5}}),
     "mm_le1": ("mm", {"loss_options": {"log_evidence": 1.0}}),
     "mm_le2": ("mm", {"loss_options": {"log_evidence": 2.0}}),
+    "mm_le5": ("mm", {"loss_options": {"log_evidence": 5.0}}),
+    "mm_le10": ("mm", {"loss_options": {"log_evidence": 10.0}}),
+    "mm_aux1_cal": ("mm", {"aux_weight": 1.0}),
+    "mm_aux2_cal": ("mm", {"aux_weight": 2.0}),
+    "mm_aux1_le1": ("mm", {"aux_weight": 1.0, "loss_options": {"log_evidence": 1.0}}),
 }
 
 SCENARIO_DATA = {

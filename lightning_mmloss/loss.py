@@ -386,6 +386,8 @@ class MultiModalLoss(nn.Module):
             parts.append("attention=False")
         if not s.normalize_proxies:
             parts.append("normalize_proxies=False")
+        if s.log_evidence:
+            parts.append(f"log_evidence={s.log_evidence}")
         if s.activation != "softmax":
             parts.append(f"activation={s.activation!r}")
         parts.append(f"aux_weight={self.aux_weight}")
