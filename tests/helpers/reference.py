@@ -38,7 +38,8 @@ def reference_fuse(
 ) -> dict[str, Tensor]:
     """Fuse a batch ``u`` ``(B, M, C)`` instance by instance; returns logits and analytics.
 
-    ``log_evidence``: plus that weight times the mean over the present modalities of ``log p_m``.
+    ``log_evidence``: plus that weight times the mean over the present modalities of ``log p_m``
+    (a constant: detached).
     """
     B, M, C = u.shape
     proxies = []
@@ -78,7 +79,8 @@ def reference_fuse(
         o = torch.stack([s[c] + h[c] for c in range(C)])
         if log_evidence:
             present = [m for m in range(M) if mask is None or bool(mask[b, m])]
-            logs = [torch.log(_softmax(u[b, m]) if activation == "softmax" else u[b, m]) for m in present]
+            # a fixed offset: no gradient through it
+            logs = [torch.log(_softmax(u[b, m]) if activation == "softmax" else u[b, m]).detach() for m in present]
             o = o + log_evidence * (sum(logs) / len(logs) if logs else torch.zeros_like(o))
         c_hat = int(o.argmax())
         contrib = []

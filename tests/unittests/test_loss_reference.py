@@ -398,18 +398,27 @@ def test_log_evidence_matches_reference_with_mask(activation: str, backend: str)
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_gradcheck_log_evidence(backend: str) -> None:
+    """The proxies' gradient by finite differences; the heads' is the fusion's alone (a fixed offset)."""
     M, C, K = 3, 3, 2
     crit = _make(M, C, K, gamma=0.5)
     with torch.no_grad():  # keep every weight away from the clamp's kink at 0
         crit.weight.copy_(torch.where(crit.weight.abs() < 0.05, 0.3, crit.weight))
-    u = _inputs(4, M, C)
+    u = _inputs(4, M, C).detach()
     mask = torch.tensor([[1, 1, 1], [1, 0, 1], [0, 0, 0], [0, 1, 0]], dtype=torch.bool)
     w = crit.weight.detach().clone().requires_grad_(True)
 
-    def fused(u_: torch.Tensor, w_: torch.Tensor) -> torch.Tensor:
-        return multimodal_logits(u_, w_, gamma=0.5, modality_mask=mask, backend=backend, log_evidence=1.3)
+    def fused(w_: torch.Tensor) -> torch.Tensor:
+        return multimodal_logits(u, w_, gamma=0.5, modality_mask=mask, backend=backend, log_evidence=1.3)
 
-    assert torch.autograd.gradcheck(fused, (u, w), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(fused, (w,), eps=1e-6, atol=1e-5)
+    # the logits' Jacobian in u is the plain fusion's: the evidence adds no gradient path
+    uu = u.clone().requires_grad_(True)
+    cot = torch.randn(4, C, dtype=u.dtype)
+    g_with = torch.autograd.grad((multimodal_logits(uu, w, gamma=0.5, modality_mask=mask, backend=backend,
+                                                    log_evidence=1.3) * cot).sum(), uu)[0]  # fmt: skip
+    g_without = torch.autograd.grad((multimodal_logits(uu, w, gamma=0.5, modality_mask=mask, backend=backend)
+                                     * cot).sum(), uu)[0]  # fmt: skip
+    torch.testing.assert_close(g_with, g_without)
 
 
 def test_log_evidence_is_checked() -> None:
