@@ -94,6 +94,10 @@ class BaselineFusion(nn.Module):
         keep = present.to(u.dtype)
         return (torch.where(present, u, u.new_zeros(())) * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
 
+    def calibrated_probs(self, logits: Tensor) -> Tensor:
+        """Fused probabilities from raw fused logits: ``softmax(logits / temperature)``."""
+        return (logits / self.temperature.to(logits.dtype)).softmax(-1)
+
     def loss(
         self,
         u: Tensor,

@@ -426,8 +426,7 @@ class MultiModalLossMixin:
             out = self._mm_loss().fuse(unimodal_logits, modality_mask)
             return out.probs, out.modality_weights
         baseline = self.mm_baseline
-        logits = baseline.fused_logits(unimodal_logits, modality_mask)
-        return (logits / baseline.temperature.to(logits.dtype)).softmax(-1), None
+        return baseline.calibrated_probs(baseline.fused_logits(unimodal_logits, modality_mask)), None
 
     def _baseline_step(self, batch: Any, with_target: bool) -> MultiModalStepOutput:
         u, target, mask = self._checked_inputs(batch, with_target)
@@ -443,7 +442,7 @@ class MultiModalLossMixin:
             unimodal_logits=u.detach(),
             unimodal_probs=p,
             logits=logits,
-            probs=(logits / baseline.temperature.to(logits.dtype)).softmax(-1),
+            probs=baseline.calibrated_probs(logits),
             target=target,
             modality_mask=mask,
             loss=loss,

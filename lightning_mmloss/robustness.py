@@ -40,6 +40,14 @@ Corruption = Callable[[Any, str, float], Any]
 _CSV_KEYS = ("condition", "modalities", "level", "acc", "ece", "top_weight_share", "n")
 
 
+def check_levels(levels: Sequence[float]) -> list[float]:
+    """Degradation levels as floats: finite, ``>= 0``, ascending and starting at 0 (the clean input)."""
+    out = [V.check_nonnegative("levels", lv) for lv in levels]
+    if out and (out[0] != 0 or any(b <= a for a, b in pairwise(out))):
+        raise ValueError(f"Expected argument `levels` to be ascending and start at 0 (the clean input), but got {out}.")
+    return out
+
+
 def gaussian_noise(batch: Any, modality: str, level: float, generator: torch.Generator | None = None) -> Any:
     """The default corruption: ``x + level * std(x) * N(0, 1)`` on ``batch[modality]``.
 
@@ -320,11 +328,7 @@ def robustness_report(
         [('clean', ''), ('drop', 'a'), ('drop', 'b')]
     """
     _check_model(model)
-    levels = [V.check_nonnegative("levels", lv) for lv in levels]
-    if levels and (levels[0] != 0 or any(b <= a for a, b in pairwise(levels))):
-        raise ValueError(
-            f"Expected argument `levels` to be ascending and start at 0 (the clean input), but got {levels}."
-        )
+    levels = check_levels(levels)
     if corruption is not None and not callable(corruption):
         raise TypeError(
             f"Expected argument `corruption` to be callable(batch, modality, level), but got {corruption!r}."

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
@@ -12,7 +11,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from typing_extensions import override
 
 from lightning_mmloss import _validation as V
-from lightning_mmloss.robustness import DEFAULT_LEVELS, Corruption, RobustnessReport, robustness_report
+from lightning_mmloss.robustness import DEFAULT_LEVELS, Corruption, RobustnessReport, check_levels, robustness_report
 
 
 class RobustnessCallback(Callback):
@@ -63,7 +62,7 @@ class RobustnessCallback(Callback):
         dataloader_idx: int = 0,
     ) -> None:
         super().__init__()
-        self.levels = [V.check_nonnegative("levels", lv) for lv in levels]
+        self.levels = check_levels(levels)  # here, not when the test ends
         if corruption is not None and not callable(corruption):
             raise TypeError(f"Expected argument `corruption` to be callable, but got {corruption!r}.")
         self.corruption = corruption
@@ -117,7 +116,3 @@ class RobustnessCallback(Callback):
             from rich.console import Console
 
             Console().print(report.table())
-
-    @override
-    def state_dict(self) -> dict[str, Any]:
-        return {}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning_mmloss.callbacks import PredictionWriter, RobustnessCallback
 from lightning_mmloss.experiments.classifier import MultiModalClassifier
 from lightning_mmloss.experiments.cli import LINKED, import_class, init_parameters
-from lightning_mmloss.robustness import DEFAULT_LEVELS
+from lightning_mmloss.robustness import DEFAULT_LEVELS, check_levels
 
 
 class MultiModalCLI(LightningCLI):
@@ -58,25 +57,29 @@ class RobustnessCLI(MultiModalCLI):
         self.trainer.callbacks.append(RobustnessCallback(levels=self.levels))
 
 
+def _take_option(args: list[str], flag: str) -> tuple[str | None, list[str]]:
+    """The value of ``flag VALUE`` or ``flag=VALUE`` in ``args``, and ``args`` without it."""
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            return args[i + 1], args[:i] + args[i + 2 :]
+        if arg.startswith(f"{flag}="):
+            return arg.split("=", 1)[1], args[:i] + args[i + 1 :]
+    return None, args
+
+
 def _levels(args: list[str]) -> tuple[tuple[float, ...], list[str]]:
     """``--levels 0,0.5,1`` taken out of ``args`` (robustness only)."""
-    for i, arg in enumerate(args):
-        if arg == "--levels" and i + 1 < len(args):
-            text, rest = args[i + 1], args[:i] + args[i + 2 :]
-        elif arg.startswith("--levels="):
-            text, rest = arg.split("=", 1)[1], args[:i] + args[i + 1 :]
-        else:
-            continue
-        try:
-            levels = tuple(float(x) for x in text.split(","))
-        except ValueError:
-            raise SystemExit(
-                f"lightning-mmloss robustness: --levels takes numbers such as 0,0.5,1,2, got {text!r}"
-            ) from None
-        if levels[0] != 0 or any(b <= a for a, b in itertools.pairwise(levels)) or min(levels) < 0:
-            raise SystemExit(f"lightning-mmloss robustness: --levels must ascend from 0, got {text!r}")
-        return levels, rest
-    return DEFAULT_LEVELS, args
+    text, rest = _take_option(args, "--levels")
+    if text is None:
+        return DEFAULT_LEVELS, args
+    try:
+        numbers = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise SystemExit(f"lightning-mmloss robustness: --levels takes numbers like 0,0.5,1, got {text!r}") from None
+    try:
+        return tuple(check_levels(numbers)), rest
+    except ValueError:
+        raise SystemExit(f"lightning-mmloss robustness: --levels must ascend from 0, got {text!r}") from None
 
 
 def lightning_cli_main(args: list[str], from_console: bool) -> None:
@@ -117,15 +120,10 @@ def _asks_for_gpu(args: list[str]) -> bool:
 
 def _model_class(args: list[str]) -> tuple[type, list[str]]:
     """``--model package.module.Class`` (a model of your own) taken out of ``args``; default MultiModalClassifier."""
-    for i, arg in enumerate(args):
-        if arg == "--model" and i + 1 < len(args):
-            path, rest = args[i + 1], args[:i] + args[i + 2 :]
-        elif arg.startswith("--model="):
-            path, rest = arg.split("=", 1)[1], args[:i] + args[i + 1 :]
-        else:
-            continue
-        cls = import_class(path, "--model")
-        if not issubclass(cls, L.LightningModule):
-            raise SystemExit(f"lightning-mmloss: --model {path!r} is not a LightningModule")
-        return cls, rest
-    return MultiModalClassifier, args
+    path, rest = _take_option(args, "--model")
+    if path is None:
+        return MultiModalClassifier, args
+    cls = import_class(path, "--model")
+    if not issubclass(cls, L.LightningModule):
+        raise SystemExit(f"lightning-mmloss: --model {path!r} is not a LightningModule")
+    return cls, rest
