@@ -31,7 +31,9 @@ from lightning_mmloss.experiments.compare import FLIP_GAP
 
 
 def _mm(aux: float, init: str = "class", calibrate: bool = False, **loss: Any) -> tuple[str, dict[str, Any]]:
-    return "mm", {"aux_weight": aux, "calibrate": calibrate, "loss_options": {"proxy_init": init, **loss}}
+    # log_evidence=0: these candidates were chosen before issue 19 made 20 the default
+    options = {"proxy_init": init, "log_evidence": 0.0, **loss}
+    return "mm", {"aux_weight": aux, "calibrate": calibrate, "loss_options": options}
 
 
 # name -> (fusion, model keyword arguments); every MultiModal-loss option is spelled out so that the
@@ -44,6 +46,7 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "ogm_ge": ("ogm_ge", {}),
     "mm": ("mm", {}),  # the library's defaults, whatever they are
     "mm_nocal": ("mm", {"calibrate": False}),
+    "mm_le0": ("mm", {"loss_options": {"log_evidence": 0.0}}),  # the default before issue 19
     "mm_paper": _mm(0.0, "kaiming"),
     "mm_authorsinit": _mm(0.0, "authors"),
     "mm_aux0.2": _mm(0.2, "kaiming"),
@@ -64,8 +67,21 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "mm_le5": ("mm", {"loss_options": {"log_evidence": 5.0}}),
     "mm_le10": ("mm", {"loss_options": {"log_evidence": 10.0}}),
     "mm_le20": ("mm", {"loss_options": {"log_evidence": 20.0}}),
+    "mm_le40": ("mm", {"loss_options": {"log_evidence": 40.0}}),
     "mm_le10_aux1": ("mm", {"aux_weight": 1.0, "loss_options": {"log_evidence": 10.0}}),
     "mm_le20_aux1": ("mm", {"aux_weight": 1.0, "loss_options": {"log_evidence": 20.0}}),
+    "mm_le20_aux2": ("mm", {"aux_weight": 2.0, "loss_options": {"log_evidence": 20.0}}),
+    # issue 19, experiment only: the log-evidence's value at weight 20 but a gradient into the heads
+    # of weight g (late fusion's joint training, g = M), by patching the library in the worker
+    "mm_le20_g1": ("mm", {"loss_options": {"log_evidence": 20.0}, "le_grad": 1.0}),
+    "mm_le20_g3": ("mm", {"loss_options": {"log_evidence": 20.0}, "le_grad": 3.0}),
+    "mm_le20_gM": ("mm", {"loss_options": {"log_evidence": 20.0}, "le_grad": "M"}),
+    # issue 19, experiment only: plus late fusion's own loss, CE(sum_m u_m), weight w
+    "mm_le20_late0.5": ("mm", {"loss_options": {"log_evidence": 20.0}, "late_aux": 0.5}),
+    "mm_le20_late1": ("mm", {"loss_options": {"log_evidence": 20.0}, "late_aux": 1.0}),
+    "mm_le20_aux0_late1": ("mm", {"aux_weight": 0.0, "loss_options": {"log_evidence": 20.0}, "late_aux": 1.0}),
+    "mm_le20_wd0": ("mm", {"weight_decay": 0.0, "loss_options": {"log_evidence": 20.0}}),
+    "late_wd0": ("late", {"weight_decay": 0.0}),
     "mm_aux1_cal": ("mm", {"aux_weight": 1.0}),
     "mm_aux2_cal": ("mm", {"aux_weight": 2.0}),
     "mm_aux1_le1": ("mm", {"aux_weight": 1.0, "loss_options": {"log_evidence": 1.0}}),
@@ -79,6 +95,8 @@ SCENARIO_DATA = {
     "uci_corrupted": {"data": "uci-mfeat", "corrupt_fraction": 0.5},
     "uci_swap2": {"data": "uci-mfeat", "corrupt_fraction": 0.5, "corruption": "swap", "corrupt_views": 2},
     "uci_swap3": {"data": "uci-mfeat", "corrupt_fraction": 0.3, "corruption": "swap", "corrupt_views": 3},
+    # a second real multi-view set, clean: scikit-learn's digits in four quadrant views (digits_views.py)
+    "digits": {"data": "digits"},
 }
 
 
@@ -97,10 +115,22 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
 
     fusion, kwargs = CANDIDATES[candidate]
     spec = SCENARIO_DATA[scenario]
+    if "le_grad" in kwargs:
+        kwargs = dict(kwargs)
+        _patch_log_evidence_gradient(kwargs.pop("le_grad"), kwargs["loss_options"]["log_evidence"])
+    late_aux = 0.0
+    if "late_aux" in kwargs:
+        kwargs = dict(kwargs)
+        late_aux = kwargs.pop("late_aux")
     L.seed_everything(seed, verbose=False)
     if spec["data"] == "synthetic":
         dm = SyntheticMultimodalDataModule(spec["scenario"], seed=seed)
         proxies = 20
+    elif spec["data"] == "digits":
+        from digits_views import DigitsViewsDataModule  # beside this script; needs scikit-learn
+
+        dm = DigitsViewsDataModule(seed=seed)
+        proxies = 10
     else:
         dm = UCIMultipleFeaturesDataModule(
             data_dir,
@@ -126,6 +156,8 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
         proxies_per_class=proxies,
         **kwargs,
     )
+    if late_aux:
+        _add_late_loss(model, late_aux)
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
@@ -144,6 +176,42 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
     if spec["data"] == "synthetic" and fusion == "mm":
         row["attr_oracle"] = _oracle_attribution(model, dm)
     return row
+
+
+def _patch_log_evidence_gradient(grad_weight: float | str, weight: float) -> None:
+    """Experiment: ``log_evidence``'s forward value at ``weight``, its gradient at ``grad_weight``."""
+    import lightning_mmloss.functional.fusion as fusion
+
+    plain = fusion._mean_log_evidence
+    if getattr(plain, "patched", False):
+        plain = plain.original
+
+    def patched(u: Any, mask: Any, spec: Any) -> Any:
+        import torch
+
+        fixed = plain(u, mask, spec)
+        g = spec.num_modalities if grad_weight == "M" else float(grad_weight)
+        keep = mask[:, :, None].to(u.dtype) if mask is not None else torch.ones_like(u[:, :, :1])
+        logp = u.log_softmax(-1)
+        live = (logp * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        return fixed + (g / weight) * (live - live.detach())
+
+    patched.patched, patched.original = True, plain
+    fusion._mean_log_evidence = patched
+
+
+def _add_late_loss(model: Any, weight: float) -> None:
+    """Experiment: add ``weight * CE(sum_m u_m, y)`` (late fusion's loss) to the model's training loss."""
+    import torch.nn.functional as F
+
+    loss_fn = model.mm_loss
+    plain = loss_fn._loss
+
+    def patched(u: Any, target: Any, mask: Any, analytics: bool = False, terms: bool = False) -> Any:
+        loss, fused, aux, raw = plain(u, target, mask, analytics, terms)
+        return loss + weight * F.cross_entropy(loss_fn.stack_logits(u).sum(1), target), fused, aux, raw
+
+    loss_fn._loss = patched
 
 
 def _oracle_attribution(model: Any, dm: Any) -> float:

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from lightning_mmloss import _validation as V
 from lightning_mmloss.functional.fusion import (
+    FusionOptions,
     FusionOutput,
     FusionSpec,
     UnimodalInput,
@@ -24,8 +25,9 @@ from lightning_mmloss.functional.shapley import _shapley
 
 PROXY_INITS = ("class", "kaiming", "authors")
 #: The options that turn :class:`MultiModalLoss` into the paper's loss exactly (its formulation in
-#: ``shared/design/loss.md``): no auxiliary unimodal term, ``nn.Linear``-initialised proxies.
-PAPER_OPTIONS: dict[str, Any] = {"aux_weight": 0.0, "proxy_init": "kaiming"}
+#: ``shared/design/loss.md``): no auxiliary unimodal term, ``nn.Linear``-initialised proxies, the
+#: fused logit ``o = s + h`` without the heads' log-evidence.
+PAPER_OPTIONS: dict[str, Any] = {"aux_weight": 0.0, "proxy_init": "kaiming", "log_evidence": 0.0}
 
 
 class MultiModalLoss(nn.Module):
@@ -38,11 +40,14 @@ class MultiModalLoss(nn.Module):
 
     .. math::
         o_c = \underbrace{\sum_k q_{ck} S_{ck}}_{\text{relaxed class similarity}}
-              + \underbrace{\sum_m (1 + a_{mc})\, p_{mc}}_{\text{attended unimodal sum}},
+              + \underbrace{\sum_m (1 + a_{mc})\, p_{mc}}_{\text{attended unimodal sum}}
+              + \underbrace{\lambda \tfrac{1}{M} \sum_m \log p_{mc}}_{\text{log-evidence}},
         \qquad \mathcal{L} = \mathrm{CE}(o, y)
 
     where :math:`q` is a softmax of :math:`S/\gamma` over classes for each proxy index
-    (``pooling="reference"``) or over proxies within a class (``"softtriple"``).
+    (``pooling="reference"``) or over proxies within a class (``"softtriple"``), and the
+    log-evidence (weight :math:`\lambda` = ``log_evidence``, 20 by default, 0 in the paper) is a
+    fixed offset: the heads get no gradient through it.
 
     As input to ``forward``:
         - ``unimodal_logits``: ``(B, M, C)`` tensor, a sequence of ``M`` ``(B, C)`` tensors, or a
@@ -65,7 +70,10 @@ class MultiModalLoss(nn.Module):
         backend: ``"fused"`` (default: hand-written backward, the fastest) or ``"autograd"``
             (plain torch ops: supports double backward and ``torch.func`` transforms).
         log_evidence: weight ``>= 0`` of the heads' mean log-probability added to the fused
-            logits (:class:`~lightning_mmloss.functional.FusionOptions`); 0: the paper's.
+            logits as a fixed offset (no gradient into the heads; see
+            :class:`~lightning_mmloss.functional.FusionOptions`). The default, 20, lets one sure
+            head outweigh several mildly wrong ones, as late fusion does on clean data; 0: the
+            paper's fused logit.
         class_weight: optional per-class weight ``(C,)`` for the cross-entropy (its ``weight``;
             renamed because ``MultiModalLoss.weight`` is the proxy parameter).
         label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
@@ -81,7 +89,7 @@ class MultiModalLoss(nn.Module):
             See :meth:`reset_parameters`.
 
     The paper's exact loss is one switch away: ``MultiModalLoss(C, M, **PAPER_OPTIONS)``
-    (``aux_weight=0``, ``proxy_init="kaiming"``).
+    (``aux_weight=0``, ``proxy_init="kaiming"``, ``log_evidence=0``).
 
     Attributes:
         weight: the ``(C*K, M*C)`` proxy parameter, row ``c*K + k`` is proxy ``k`` of class ``c``.
@@ -117,7 +125,7 @@ class MultiModalLoss(nn.Module):
         normalize_proxies: bool = True,
         activation: str = "softmax",
         backend: str = "fused",
-        log_evidence: float = 0.0,
+        log_evidence: float = 20.0,
         class_weight: Tensor | Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         ignore_index: int = -100,
@@ -386,7 +394,7 @@ class MultiModalLoss(nn.Module):
             parts.append("attention=False")
         if not s.normalize_proxies:
             parts.append("normalize_proxies=False")
-        if s.log_evidence:
+        if s.log_evidence != FusionOptions.log_evidence:
             parts.append(f"log_evidence={s.log_evidence}")
         if s.activation != "softmax":
             parts.append(f"activation={s.activation!r}")

@@ -55,7 +55,8 @@ class FusionOptions:
             fusion sums), as a fixed offset: no gradient flows into the heads through it. ``h``
             sums probabilities, a vote of at most 2 per head and class; the log term lets a head
             that is sure outweigh heads that are mildly wrong, as the product of the heads'
-            beliefs does on clean data. 0: the paper's fused logit.
+            beliefs does on clean data. Default 20 (benchmarks/README.md, design decision Q5);
+            0: the paper's fused logit.
 
     Example::
 
@@ -74,7 +75,7 @@ class FusionOptions:
     normalize_proxies: bool = True
     activation: str = "softmax"
     backend: str = "fused"
-    log_evidence: float = 0.0
+    log_evidence: float = 20.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gamma", V.check_gamma(self.gamma))

@@ -34,12 +34,13 @@ def reference_fuse(
     normalize: bool = True,
     activation: str = "softmax",
     mask: Tensor | None = None,
-    log_evidence: float = 0.0,
+    log_evidence: float = 20.0,
 ) -> dict[str, Tensor]:
     """Fuse a batch ``u`` ``(B, M, C)`` instance by instance; returns logits and analytics.
 
-    ``log_evidence``: plus that weight times the mean over the present modalities of ``log p_m``
-    (a constant: detached).
+    ``log_evidence`` (the library's default, 20; 0: the paper's fused logit): plus that weight
+    times the mean over the present modalities of ``log p_m`` (a constant: detached; scores of
+    exactly 0 count as the smallest positive float, so that the logit stays finite).
     """
     B, M, C = u.shape
     proxies = []
@@ -80,7 +81,11 @@ def reference_fuse(
         if log_evidence:
             present = [m for m in range(M) if mask is None or bool(mask[b, m])]
             # a fixed offset: no gradient through it
-            logs = [torch.log(_softmax(u[b, m]) if activation == "softmax" else u[b, m]).detach() for m in present]
+            tiny = torch.finfo(u.dtype).tiny
+            logs = [
+                torch.log((_softmax(u[b, m]) if activation == "softmax" else u[b, m]).clamp_min(tiny)).detach()
+                for m in present
+            ]
             o = o + log_evidence * (sum(logs) / len(logs) if logs else torch.zeros_like(o))
         c_hat = int(o.argmax())
         contrib = []

@@ -60,7 +60,8 @@ def test_an_existing_table_is_neither_overwritten_nor_interleaved(tmp_path: Path
 @pytest.mark.timeout(240)
 def test_sigint_after_the_first_run_leaves_its_row_and_resume_finishes(tmp_path: Path) -> None:
     out = tmp_path / "o"
-    args = [*TINY, "--fusions", "late,sum", "--epochs", "120", "--output", str(out)]
+    # 400 epochs: the second run trains for seconds, so the signal cannot miss it
+    args = [*TINY, "--fusions", "late,sum", "--epochs", "400", "--output", str(out)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "lightning_mmloss.experiments.cli", "compare", *args],
         cwd=ROOT,
@@ -73,7 +74,10 @@ def test_sigint_after_the_first_run_leaves_its_row_and_resume_finishes(tmp_path:
         while not (out / "results.csv").exists():  # the first run finished
             assert proc.poll() is None and time.monotonic() < deadline, "compare ended before its first row"
             time.sleep(0.05)
-        time.sleep(0.5)  # inside the second run
+        while not (out / "tensorboard" / "sum").exists():  # the second run started
+            assert proc.poll() is None and time.monotonic() < deadline, "compare ended before its second run"
+            time.sleep(0.05)
+        time.sleep(0.5)  # inside the second run's training
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
     finally:

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_mmloss import MultiModalLoss
+from lightning_mmloss import PAPER_OPTIONS, MultiModalLoss
 
-PAPER = {"aux_weight": 0.0, "proxy_init": "kaiming"}
+PAPER = PAPER_OPTIONS
 
 
 def _ehh(n: int, g: torch.Generator, d: int = 20, signal: float = 1.25) -> tuple[torch.Tensor, torch.Tensor]:

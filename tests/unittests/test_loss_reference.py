@@ -7,7 +7,7 @@ import itertools
 import pytest
 import torch
 
-from lightning_mmloss import MultiModalLoss
+from lightning_mmloss import PAPER_OPTIONS, MultiModalLoss
 from lightning_mmloss.functional import multimodal_logits
 from tests.helpers.reference import reference_cross_entropy, reference_fuse, reference_total_loss
 
@@ -147,6 +147,7 @@ def test_gradcheck(pooling: str, attention: bool, normalize: bool, masked: bool,
             normalize_proxies=normalize,
             modality_mask=mask,
             backend=backend,
+            log_evidence=0.0,  # a stop-gradient offset: finite differences see it (its own tests below)
         )
 
     assert torch.autograd.gradcheck(fused, (u, w), eps=1e-6, atol=1e-5)
@@ -168,7 +169,7 @@ def test_gradcheck_batch_sizes_and_identity(B: int, activation: str, pooling: st
     mask = torch.rand(B, M, generator=torch.Generator().manual_seed(1)) > 0.3
 
     def fused(u_: torch.Tensor, w_: torch.Tensor) -> torch.Tensor:
-        opts = {"gamma": 0.5, "pooling": pooling, "activation": activation, "backend": backend}
+        opts = {"gamma": 0.5, "pooling": pooling, "activation": activation, "backend": backend, "log_evidence": 0.0}
         return multimodal_logits(u_, w_, modality_mask=mask, **opts)
 
     assert torch.autograd.gradcheck(fused, (u, w), eps=1e-6, atol=1e-5)
@@ -181,24 +182,26 @@ def test_gradcheck_default_loss_with_every_option(backend: str, reduction: str, 
     # the whole default loss (fused + auxiliary cross-entropy), through the cross-entropies'
     # batch-last forms, with class weights, label smoothing and an ignored target
     M, C, K, B = 2, 3, 2, 9
-    crit = MultiModalLoss(
-        C,
-        M,
-        K,
-        gamma=0.5,
-        backend=backend,
-        reduction=reduction,
-        class_weight=[1.0, 2.0, 0.5] if weighted else None,
-        label_smoothing=0.1 if weighted else 0.0,
-    ).double()
+    options = {
+        "gamma": 0.5,
+        "backend": backend,
+        "reduction": reduction,
+        "class_weight": [1.0, 2.0, 0.5] if weighted else None,
+        "label_smoothing": 0.1 if weighted else 0.0,
+    }
+    crit = MultiModalLoss(C, M, K, **options).double()
+    # finite differences see the log-evidence offset, which backward treats as a constant (its own
+    # tests below): the unimodal logits' gradient is checked without it, the proxies' with it
+    no_offset = MultiModalLoss(C, M, K, log_evidence=0.0, **options).double()
     u = _inputs(B, M, C)
     y = torch.tensor([0, 1, 2, -100, 1, 0, 2, 2, 1])
     w = crit.weight.detach().clone().requires_grad_(True)
 
-    def loss(u_: torch.Tensor, w_: torch.Tensor) -> torch.Tensor:
-        return torch.func.functional_call(crit, {"weight": w_}, (u_, y))
+    def loss(module: MultiModalLoss, u_: torch.Tensor, w_: torch.Tensor) -> torch.Tensor:
+        return torch.func.functional_call(module, {"weight": w_}, (u_, y))
 
-    assert torch.autograd.gradcheck(loss, (u, w), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(lambda u_, w_: loss(no_offset, u_, w_), (u, w), eps=1e-6, atol=1e-5)
+    assert torch.autograd.gradcheck(lambda w_: loss(crit, u.detach(), w_), (w,), eps=1e-6, atol=1e-5)
     logits = reference_fuse(u, crit.weight, K, 0.5)["logits"]
     ref = reference_total_loss(
         logits, u, y, 0.5, class_weight=crit.class_weight, label_smoothing=0.1 if weighted else 0.0, reduction=reduction
@@ -426,3 +429,29 @@ def test_log_evidence_is_checked() -> None:
         MultiModalLoss(3, 2, log_evidence=-1.0)
     with pytest.raises(ValueError, match="log_evidence"):
         MultiModalLoss(3, 2, log_evidence=float("nan"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_paper_options_give_the_papers_fused_logit_and_loss(backend: str) -> None:
+    """Issue 19 changed the default fused logit; ``PAPER_OPTIONS`` keeps ``o = s + h`` and its loss."""
+    M, C, K = 3, 4, 2
+    crit = MultiModalLoss(C, M, K, backend=backend, **PAPER_OPTIONS).double()
+    assert crit.aux_weight == 0.0 and crit.spec.log_evidence == 0.0
+    u, y = _inputs(6, M, C), torch.tensor([0, 1, 2, 3, 0, 1])
+    ref = reference_fuse(u, crit.weight, K, 0.1, log_evidence=0.0)
+    torch.testing.assert_close(crit.fuse(u).logits, ref["logits"])
+    torch.testing.assert_close(crit(u, y), reference_cross_entropy(ref["logits"], y))
+    # and the default is not the paper's: the log-evidence term is on
+    default = MultiModalLoss(C, M, K, backend=backend).double()
+    default.weight.data.copy_(crit.weight.data)
+    assert not torch.allclose(default.fuse(u).logits, ref["logits"])
+    torch.testing.assert_close(default.fuse(u).logits, reference_fuse(u, crit.weight, K, 0.1)["logits"])
+
+
+def test_the_paper_recipe_uses_the_papers_fused_logit() -> None:
+    from lightning_mmloss.experiments.classifier import MultiModalClassifier
+
+    paper = MultiModalClassifier(["a", "b"], {"a": 3, "b": 3}, 2, recipe="paper")
+    default = MultiModalClassifier(["a", "b"], {"a": 3, "b": 3}, 2)
+    assert paper.mm_loss.spec.log_evidence == 0.0 and paper.mm_loss.aux_weight == 0.0
+    assert default.mm_loss.spec.log_evidence == 20.0
