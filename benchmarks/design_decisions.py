@@ -82,6 +82,10 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "mm_le20_aux0_late1": ("mm", {"aux_weight": 0.0, "loss_options": {"log_evidence": 20.0}, "late_aux": 1.0}),
     "mm_le20_wd0": ("mm", {"weight_decay": 0.0, "loss_options": {"log_evidence": 20.0}}),
     "late_wd0": ("late", {"weight_decay": 0.0}),
+    # issue 19: the floor of the log-evidence, log(p + floor) (the default's is 1e-4)
+    "mm_floor1e-2": ("mm", {"le_floor": 1e-2}),
+    "mm_floor1e-3": ("mm", {"le_floor": 1e-3}),
+    "mm_floor1e-4": ("mm", {"le_floor": 1e-4}),
     "mm_aux1_cal": ("mm", {"aux_weight": 1.0}),
     "mm_aux2_cal": ("mm", {"aux_weight": 2.0}),
     "mm_aux1_le1": ("mm", {"aux_weight": 1.0, "loss_options": {"log_evidence": 1.0}}),
@@ -118,6 +122,12 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
     if "le_grad" in kwargs:
         kwargs = dict(kwargs)
         _patch_log_evidence_gradient(kwargs.pop("le_grad"), kwargs["loss_options"]["log_evidence"])
+    import lightning_mmloss.functional.fusion as fusion_module
+
+    # set on every run: a pool worker keeps the module between the runs it is given
+    default_floor = fusion_module.__dict__.setdefault("_DEFAULT_FLOOR", fusion_module.LOG_EVIDENCE_FLOOR)
+    kwargs = dict(kwargs)
+    fusion_module.LOG_EVIDENCE_FLOOR = kwargs.pop("le_floor", default_floor)
     late_aux = 0.0
     if "late_aux" in kwargs:
         kwargs = dict(kwargs)
@@ -344,6 +354,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--candidates", default="independent,late,mm_paper,mm")
     p.add_argument("--scenarios", default="ehh,instance,conflict")
     p.add_argument("--seeds", type=int, default=5)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--data-dir", default="../shared/data/uci-mfeat")
     p.add_argument("--workers", type=int, default=2)
@@ -358,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
     jobs = [
         (c, s, seed, args.epochs, args.data_dir)
         for s in args.scenarios.split(",")
-        for seed in range(args.seeds)
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
         for c in args.candidates.split(",")
     ]
     rows = []

@@ -8,7 +8,9 @@ order each round (a contender that frees much memory makes the next one pay page
 * ``mmloss``: :class:`lightning_mmloss.MultiModalLoss` as users get it (``validate_args=True``,
   one device sync per call for the input checks), and ``no-valid`` without the checks, both
   with ``PAPER_OPTIONS`` (the formulation the transcription computes); ``+aux`` is the default
-  configuration, with its auxiliary unimodal cross-entropy; ``autograd`` the composite backend;
+  configuration, with its auxiliary unimodal cross-entropy and the heads' log-evidence in the
+  fused logit, and ``+aux-le0`` the same without the log-evidence (what that term costs);
+  ``autograd`` the composite backend;
 * ``plain``: the formulation of ``shared/design/loss.md`` (the authors' formulation) transcribed
   line by line with vectorised torch ops and autograd (below, ``plain_multimodal_loss``);
 * ``softtriple``: pytorch-metric-learning's ``SoftTripleLoss`` (K centers per class) on the same
@@ -111,10 +113,12 @@ def bench_config(
     crit_nv.load_state_dict(crit.state_dict())
     crit_aux = MultiModalLoss(C, M, K, gamma=0.1).to(device)
     crit_aux.weight.data.copy_(crit.weight.data)
+    crit_le0 = MultiModalLoss(C, M, K, gamma=0.1, log_evidence=0.0).to(device)
+    crit_le0.weight.data.copy_(crit.weight.data)
     crit_ag = MultiModalLoss(C, M, K, gamma=0.1, backend="autograd", **PAPER_OPTIONS).to(device)
     crit_ag.weight.data.copy_(crit.weight.data)
     w = crit.weight
-    peers = [crit, crit_nv, crit_aux, crit_ag]
+    peers = [crit, crit_nv, crit_aux, crit_le0, crit_ag]
 
     # the implementations agree before anything is timed
     ref = plain_multimodal_loss(u, w, y, K, 0.1)
@@ -136,6 +140,7 @@ def bench_config(
         "mmloss": step(lambda: crit(u, y)),
         "no-valid": step(lambda: crit_nv(u, y)),
         "+aux": step(lambda: crit_aux(u, y)),
+        "+aux-le0": step(lambda: crit_le0(u, y)),
         "autograd": step(lambda: crit_ag(u, y)),
         "plain": step(lambda: plain_multimodal_loss(u, w, y, K, 0.1)),
         "ce-sum": step(lambda: sum_ce_loss(u, y)),
@@ -184,7 +189,9 @@ def bench_config(
             fn()
             torch.cuda.synchronize()
             peak[name] = torch.cuda.max_memory_allocated() - base
-    return {"median": med, "ratio": ratio, "saved": mem, "peak": peak, "ops": ops}
+    # the log-evidence term's cost, side by side: the default over the default without it
+    le_cost = statistics.median(a / b for a, b in zip(times["+aux"], times["+aux-le0"], strict=True))
+    return {"median": med, "ratio": ratio, "saved": mem, "peak": peak, "ops": ops, "le_cost": le_cost}
 
 
 def crossover(device: torch.device, repeats: int, console: Console) -> None:
@@ -240,7 +247,7 @@ def main() -> None:
     table = Table(title=title)
     peer = SoftTripleLoss is not None
     cols = ["B, M, C, K", "mmloss ms", "plain ms", "ce-sum ms", "mmloss / plain", "no-valid / plain"]
-    cols += ["+aux / plain", "autograd / plain"] + (["softtriple / plain"] if peer else [])
+    cols += ["+aux / plain", "+aux / +aux-le0", "autograd / plain"] + (["softtriple / plain"] if peer else [])
     cols += ["compiled / plain", "autograd-compiled / plain"] if args.compile else []
     cols += ["mmloss / ce-sum", "ops mm / +aux / plain / ce", "saved MB mm / plain"]
     for col in cols:
@@ -262,7 +269,8 @@ def main() -> None:
             mem_txt += f" (peak {r['peak']['mmloss'] / 2**20:.1f} / {r['peak']['plain'] / 2**20:.1f})"
         row = [f"{B}, {M}, {C}, {K}", f"{med['mmloss'] * 1e3:.3f}", f"{med['plain'] * 1e3:.3f}"]
         row += [f"{med['ce-sum'] * 1e3:.3f}"]
-        row += [f"{ratio[k]:.2f}" for k in ("mmloss", "no-valid", "+aux", "autograd")]
+        row += [f"{ratio[k]:.2f}" for k in ("mmloss", "no-valid", "+aux")]
+        row += [f"{r['le_cost']:.2f}", f"{ratio['autograd']:.2f}"]
         row += [f"{ratio['softtriple']:.2f}"] if peer else []
         row += [f"{ratio['compiled']:.2f}", f"{ratio['autograd-compiled']:.2f}"] if args.compile else []
         row += [

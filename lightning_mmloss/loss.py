@@ -41,13 +41,14 @@ class MultiModalLoss(nn.Module):
     .. math::
         o_c = \underbrace{\sum_k q_{ck} S_{ck}}_{\text{relaxed class similarity}}
               + \underbrace{\sum_m (1 + a_{mc})\, p_{mc}}_{\text{attended unimodal sum}}
-              + \underbrace{\lambda \tfrac{1}{M} \sum_m \log p_{mc}}_{\text{log-evidence}},
+              + \underbrace{\lambda \tfrac{1}{M} \sum_m \log (p_{mc} + 10^{-4})}_{\text{log-evidence}},
         \qquad \mathcal{L} = \mathrm{CE}(o, y)
 
     where :math:`q` is a softmax of :math:`S/\gamma` over classes for each proxy index
     (``pooling="reference"``) or over proxies within a class (``"softtriple"``), and the
     log-evidence (weight :math:`\lambda` = ``log_evidence``, 20 by default, 0 in the paper) is a
-    fixed offset: the heads get no gradient through it.
+    fixed offset: the heads get no gradient through it. Its floor, :math:`10^{-4}`, bounds how far one head
+    can push a class down, so that a head gone wrong on unseen input cannot veto the others.
 
     As input to ``forward``:
         - ``unimodal_logits``: ``(B, M, C)`` tensor, a sequence of ``M`` ``(B, C)`` tensors, or a
@@ -69,11 +70,11 @@ class MultiModalLoss(nn.Module):
         activation: ``"softmax"`` (inputs are logits) or ``"identity"`` (inputs are scores >= 0).
         backend: ``"fused"`` (default: hand-written backward, the fastest) or ``"autograd"``
             (plain torch ops: supports double backward and ``torch.func`` transforms).
-        log_evidence: weight ``>= 0`` of the heads' mean log-probability added to the fused
-            logits as a fixed offset (no gradient into the heads; see
-            :class:`~lightning_mmloss.functional.FusionOptions`). The default, 20, lets one sure
-            head outweigh several mildly wrong ones, as late fusion does on clean data; 0: the
-            paper's fused logit.
+        log_evidence: weight ``>= 0`` of the heads' mean floored log-probability
+            (``log(p + 1e-4)``) added to the fused logits as a fixed offset (no gradient into the
+            heads; see :class:`~lightning_mmloss.functional.FusionOptions`). The default, 20,
+            lets one sure head outweigh several mildly wrong ones, as late fusion does on clean
+            data; 0: the paper's fused logit.
         class_weight: optional per-class weight ``(C,)`` for the cross-entropy (its ``weight``;
             renamed because ``MultiModalLoss.weight`` is the proxy parameter).
         label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.

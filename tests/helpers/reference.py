@@ -39,8 +39,7 @@ def reference_fuse(
     """Fuse a batch ``u`` ``(B, M, C)`` instance by instance; returns logits and analytics.
 
     ``log_evidence`` (the library's default, 20; 0: the paper's fused logit): plus that weight
-    times the mean over the present modalities of ``log p_m`` (a constant: detached; scores of
-    exactly 0 count as the smallest positive float, so that the logit stays finite).
+    times the mean over the present modalities of ``log(p_m + 1e-4)`` (a constant: detached).
     """
     B, M, C = u.shape
     proxies = []
@@ -81,10 +80,8 @@ def reference_fuse(
         if log_evidence:
             present = [m for m in range(M) if mask is None or bool(mask[b, m])]
             # a fixed offset: no gradient through it
-            tiny = torch.finfo(u.dtype).tiny
             logs = [
-                torch.log((_softmax(u[b, m]) if activation == "softmax" else u[b, m]).clamp_min(tiny)).detach()
-                for m in present
+                torch.log((_softmax(u[b, m]) if activation == "softmax" else u[b, m]) + 1e-4).detach() for m in present
             ]
             o = o + log_evidence * (sum(logs) / len(logs) if logs else torch.zeros_like(o))
         c_hat = int(o.argmax())

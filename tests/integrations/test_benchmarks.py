@@ -20,9 +20,9 @@ def test_count_ops_counts_data_touching_operators_only() -> None:
 def test_loss_speed_contenders_agree_and_are_timed() -> None:
     # bench_config asserts that the loss, its autograd backend and the transcription agree
     r = loss_speed.bench_config(24, 2, 3, 4, torch.device("cpu"), repeats=2, inner=1)
-    for name in ("mmloss", "no-valid", "+aux", "autograd", "plain", "ce-sum"):
+    for name in ("mmloss", "no-valid", "+aux", "+aux-le0", "autograd", "plain", "ce-sum"):
         assert r["median"][name] > 0 and r["ratio"][name] > 0
-    assert r["ratio"]["plain"] == 1.0
+    assert r["ratio"]["plain"] == 1.0 and r["le_cost"] > 0
     assert 0 < r["ops"]["ce-sum"] < r["ops"]["mmloss"] < r["ops"]["+aux"]
     assert r["saved"]["mmloss"] > 0
 

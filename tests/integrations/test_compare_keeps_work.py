@@ -57,17 +57,26 @@ def test_an_existing_table_is_neither_overwritten_nor_interleaved(tmp_path: Path
     assert len(list((out / "tensorboard" / "late" / "seed0").glob("events.out.tfevents.*"))) == 1
 
 
+def _default_sigint() -> None:
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.timeout(240)
 def test_sigint_after_the_first_run_leaves_its_row_and_resume_finishes(tmp_path: Path) -> None:
     out = tmp_path / "o"
     # 400 epochs: the second run trains for seconds, so the signal cannot miss it
     args = [*TINY, "--fusions", "late,sum", "--epochs", "400", "--output", str(out)]
+    # the parent's SIGINT state is inherited across exec: an ignored or blocked SIGINT left by
+    # anything earlier in the session would let the child run on, so the child starts clean
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
     proc = subprocess.Popen(
         [sys.executable, "-m", "lightning_mmloss.experiments.cli", "compare", *args],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=_default_sigint,
     )
     try:
         deadline = time.monotonic() + 180
@@ -83,7 +92,7 @@ def test_sigint_after_the_first_run_leaves_its_row_and_resume_finishes(tmp_path:
     finally:
         proc.kill()
     rows = _rows(out / "results.csv")
-    assert [(r["fusion"], r["seed"]) for r in rows] == [("late", "0")]
+    assert [(r["fusion"], r["seed"]) for r in rows] == [("late", "0")], f"parent's blocked signals: {blocked}"
     assert 0.0 <= float(rows[0]["test_acc"]) <= 1.0
     assert not (out / ".compare.lock").exists()
     first = rows[0]
