@@ -81,6 +81,10 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "mm_le20_late1": ("mm", {"loss_options": {"log_evidence": 20.0}, "late_aux": 1.0}),
     "mm_le20_aux0_late1": ("mm", {"aux_weight": 0.0, "loss_options": {"log_evidence": 20.0}, "late_aux": 1.0}),
     "mm_le20_wd0": ("mm", {"weight_decay": 0.0, "loss_options": {"log_evidence": 20.0}}),
+    # issue 19, left for the next session: a little of late fusion's loss with less auxiliary weight
+    "mm_aux0.25_late0.25": ("mm", {"aux_weight": 0.25, "late_aux": 0.25}),
+    "mm_aux0.25_late0.5": ("mm", {"aux_weight": 0.25, "late_aux": 0.5}),
+    "mm_aux0.1_late0.5": ("mm", {"aux_weight": 0.1, "late_aux": 0.5}),
     "late_wd0": ("late", {"weight_decay": 0.0}),
     # issue 19: the floor of the log-evidence, log(p + floor) (the default's is 1e-4)
     "mm_floor1e-2": ("mm", {"le_floor": 1e-2}),
