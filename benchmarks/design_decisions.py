@@ -25,7 +25,12 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import lightning_mmloss.functional.fusion as _fusion
 from lightning_mmloss.experiments.compare import FLIP_GAP
+
+# the library's log-evidence, restored before every run: the experiment-only candidates patch it,
+# and a pool worker keeps the module between the runs it is given
+_LOG_EVIDENCE = (_fusion._mean_log_evidence, _fusion.LOG_EVIDENCE_FLOOR)
 
 # name -> (fusion, model keyword arguments)
 
@@ -123,19 +128,12 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
 
     fusion, kwargs = CANDIDATES[candidate]
     spec = SCENARIO_DATA[scenario]
-    if "le_grad" in kwargs:
-        kwargs = dict(kwargs)
-        _patch_log_evidence_gradient(kwargs.pop("le_grad"), kwargs["loss_options"]["log_evidence"])
-    import lightning_mmloss.functional.fusion as fusion_module
-
-    # set on every run: a pool worker keeps the module between the runs it is given
-    default_floor = fusion_module.__dict__.setdefault("_DEFAULT_FLOOR", fusion_module.LOG_EVIDENCE_FLOOR)
     kwargs = dict(kwargs)
-    fusion_module.LOG_EVIDENCE_FLOOR = kwargs.pop("le_floor", default_floor)
-    late_aux = 0.0
-    if "late_aux" in kwargs:
-        kwargs = dict(kwargs)
-        late_aux = kwargs.pop("late_aux")
+    _fusion._mean_log_evidence, _fusion.LOG_EVIDENCE_FLOOR = _LOG_EVIDENCE
+    _fusion.LOG_EVIDENCE_FLOOR = kwargs.pop("le_floor", _fusion.LOG_EVIDENCE_FLOOR)
+    if "le_grad" in kwargs:
+        _patch_log_evidence_gradient(kwargs.pop("le_grad"), kwargs["loss_options"]["log_evidence"])
+    late_aux = kwargs.pop("late_aux", 0.0)
     L.seed_everything(seed, verbose=False)
     if spec["data"] == "synthetic":
         dm = SyntheticMultimodalDataModule(spec["scenario"], seed=seed)
@@ -194,11 +192,7 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
 
 def _patch_log_evidence_gradient(grad_weight: float | str, weight: float) -> None:
     """Experiment: ``log_evidence``'s forward value at ``weight``, its gradient at ``grad_weight``."""
-    import lightning_mmloss.functional.fusion as fusion
-
-    plain = fusion._mean_log_evidence
-    if getattr(plain, "patched", False):
-        plain = plain.original
+    plain = _LOG_EVIDENCE[0]
 
     def patched(u: Any, mask: Any, spec: Any) -> Any:
         import torch
@@ -210,8 +204,7 @@ def _patch_log_evidence_gradient(grad_weight: float | str, weight: float) -> Non
         live = (logp * keep).sum(1) / keep.sum(1).clamp_min(1.0)
         return fixed + (g / weight) * (live - live.detach())
 
-    patched.patched, patched.original = True, plain
-    fusion._mean_log_evidence = patched
+    _fusion._mean_log_evidence = patched
 
 
 def _add_late_loss(model: Any, weight: float) -> None:

@@ -26,7 +26,7 @@ from lightning_mmloss.experiments.classifier import MultiModalClassifier
 from lightning_mmloss.experiments.data import UCIMultipleFeaturesDataModule
 
 ROOT = Path(__file__).resolve().parents[1]
-FLOORED = fusion._mean_log_evidence
+FLOORED, DEFAULT_FLOOR = fusion._mean_log_evidence, fusion.LOG_EVIDENCE_FLOOR
 
 
 def _unfloored(u: torch.Tensor, mask: torch.Tensor | None, spec: Any) -> torch.Tensor:
@@ -37,7 +37,7 @@ def _unfloored(u: torch.Tensor, mask: torch.Tensor | None, spec: Any) -> torch.T
 def run(floor: float | None, data_dir: str, level: float) -> tuple[float, list[float]]:
     """Clean and per-view noised test accuracy for one floor (``None``: without the term)."""
     fusion._mean_log_evidence = FLOORED if floor else _unfloored
-    fusion.LOG_EVIDENCE_FLOOR = floor or 1e-4
+    fusion.LOG_EVIDENCE_FLOOR = floor or DEFAULT_FLOOR
     L.seed_everything(0, verbose=False)
     dm = UCIMultipleFeaturesDataModule(data_dir, seed=0)
     dm.setup("fit")
@@ -76,7 +76,7 @@ def main() -> None:
         clean, noised = run(floor, args.data_dir, args.level)
         what = "log_evidence=0" if floor is None else ("no floor" if floor == 0 else f"floor {floor:g}")
         print(f"{what:>15}: clean {clean:.4f}  noised " + " ".join(f"{a:.3f}" for a in noised))
-    fusion._mean_log_evidence, fusion.LOG_EVIDENCE_FLOOR = FLOORED, 1e-4
+    fusion._mean_log_evidence, fusion.LOG_EVIDENCE_FLOOR = FLOORED, DEFAULT_FLOOR
 
 
 if __name__ == "__main__":

@@ -24,5 +24,10 @@ if [ "${DESIGN:-0}" = 1 ]; then
     --scenarios ehh,instance,conflict --seeds 5 --out runs/design/synthetic
   $dd --candidates independent,sum,concat,late,ogm_ge,mm,mm_paper --scenarios uci_clean,uci_corrupted --seeds 5 --out runs/design/uci
   $dd --candidates late,ogm_ge,mm,mm_paper --scenarios uci_swap2,uci_swap3 --seeds 3 --out runs/design/uci_swap
+  # Q5 (issue 19): the default against the old one everywhere, larger floors, seeds 5-9 on the clean sets
+  $dd --candidates late,independent,mm_le0,mm --scenarios uci_clean,digits,ehh,instance,conflict,uci_corrupted,uci_swap2 --seeds 5 --out runs/design/q5
+  $dd --candidates mm_floor1e-3,mm_floor1e-2 --scenarios uci_clean,digits --seeds 5 --out runs/design/q5_floor
+  $dd --candidates late,independent,mm --scenarios uci_clean,digits --seeds 5 --first-seed 5 --out runs/design/q5_seeds5to9
+  .venv/bin/python benchmarks/log_evidence_floor.py --floors 0,1e-4,1e-3,1e-2
   $dd --tables-from runs/design/*/rows.csv
 fi

@@ -10,6 +10,7 @@ three test instances; with the heads' log-evidence in the fused logit (the defau
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 from pathlib import Path
@@ -25,6 +26,7 @@ from tests.helpers.models import trainer as make_trainer
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@functools.cache
 def _digits_module() -> Any:
     spec = importlib.util.spec_from_file_location("digits_views", ROOT / "benchmarks" / "digits_views.py")
     assert spec is not None and spec.loader is not None
