@@ -91,6 +91,14 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "mm_aux0.25_late0.5": ("mm", {"aux_weight": 0.25, "late_aux": 0.5}),
     "mm_aux0.1_late0.5": ("mm", {"aux_weight": 0.1, "late_aux": 0.5}),
     "late_wd0": ("late", {"weight_decay": 0.0}),
+    # issue 19, experiment only: the fused loss's gradient into the heads scaled by b (0: the heads
+    # learn from the auxiliary terms alone, the proxies from the fused loss)
+    "mm_fg0": ("mm", {"fused_grad": 0.0}),
+    "mm_fg0.25": ("mm", {"fused_grad": 0.25}),
+    "mm_fgdecay": ("mm", {"fused_grad": "decay"}),  # 1 at the first epoch, linearly to 0 at the last
+    # issue 19: the library's defaults with another auxiliary weight (the digits' weakest head)
+    "mm_a0.75": ("mm", {"aux_weight": 0.75}),
+    "mm_a1": ("mm", {"aux_weight": 1.0}),
     # issue 19: the floor of the log-evidence, log(p + floor) (the default's is 1e-4)
     "mm_floor1e-2": ("mm", {"le_floor": 1e-2}),
     "mm_floor1e-3": ("mm", {"le_floor": 1e-3}),
@@ -134,6 +142,7 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
     if "le_grad" in kwargs:
         _patch_log_evidence_gradient(kwargs.pop("le_grad"), kwargs["loss_options"]["log_evidence"])
     late_aux = kwargs.pop("late_aux", 0.0)
+    fused_grad = kwargs.pop("fused_grad", None)
     L.seed_everything(seed, verbose=False)
     if spec["data"] == "synthetic":
         dm = SyntheticMultimodalDataModule(spec["scenario"], seed=seed)
@@ -170,6 +179,8 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
     )
     if late_aux:
         _add_late_loss(model, late_aux)
+    if fused_grad is not None:
+        _scale_fused_gradient(model, fused_grad)
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
@@ -182,7 +193,7 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
     )
     start = time.perf_counter()
     trainer.fit(model, dm)
-    row: dict[str, Any] = {"candidate": candidate, "scenario": scenario, "seed": seed}
+    row: dict[str, Any] = {"candidate": candidate, "scenario": scenario, "seed": seed, "epochs": epochs}
     row.update(evaluate(model, dm.splits["test"], extra_attribution=True))
     row["train_seconds"] = time.perf_counter() - start
     if spec["data"] == "synthetic" and fusion == "mm":
@@ -217,6 +228,26 @@ def _add_late_loss(model: Any, weight: float) -> None:
     def patched(u: Any, target: Any, mask: Any, analytics: bool = False, terms: bool = False) -> Any:
         loss, fused, aux, raw = plain(u, target, mask, analytics, terms)
         return loss + weight * F.cross_entropy(loss_fn.stack_logits(u).sum(1), target), fused, aux, raw
+
+    loss_fn._loss = patched
+
+
+def _scale_fused_gradient(model: Any, scale: float | str) -> None:
+    """Experiment: the fused term's gradient into the heads times ``scale``; the auxiliary term's unchanged.
+
+    ``scale="decay"``: ``1 - epoch / max_epochs``, a schedule from the paper's joint training to heads
+    that learn from their own terms only.
+    """
+    loss_fn = model.mm_loss
+    plain = loss_fn._loss
+
+    def patched(u: Any, target: Any, mask: Any, analytics: bool = False, terms: bool = False) -> Any:
+        b = 1.0 - model.current_epoch / model.trainer.max_epochs if scale == "decay" else float(scale)
+        live = loss_fn.stack_logits(u)
+        damped = live.detach() + b * (live - live.detach())  # same values, gradient times b
+        _, fused, _, raw = plain(damped, target, mask, analytics, terms)
+        _, _, aux, _ = plain(live, target, mask, False, True)
+        return fused + loss_fn.loss_options.aux_weight * aux, fused, aux, raw
 
     loss_fn._loss = patched
 

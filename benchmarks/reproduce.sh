@@ -29,5 +29,9 @@ if [ "${DESIGN:-0}" = 1 ]; then
   $dd --candidates mm_floor1e-3,mm_floor1e-2 --scenarios uci_clean,digits --seeds 5 --out runs/design/q5_floor
   $dd --candidates late,independent,mm --scenarios uci_clean,digits --seeds 5 --first-seed 5 --out runs/design/q5_seeds5to9
   .venv/bin/python benchmarks/log_evidence_floor.py --floors 0,1e-4,1e-3,1e-2
+  # Q5, what did not work: more auxiliary weight, less or scheduled fused gradient into the heads, 120 epochs
+  $dd --candidates mm_a0.75,mm_a1 --scenarios digits,uci_clean,ehh,instance,conflict,uci_corrupted,uci_swap2 --seeds 5 --out runs/design/q5_aux
+  $dd --candidates mm_fg0,mm_fg0.25,mm_fgdecay --scenarios digits,uci_clean,ehh,instance,conflict --seeds 5 --out runs/design/q5_fused_gradient
+  $dd --candidates late,independent,mm --scenarios digits,uci_clean --seeds 5 --epochs 120 --out runs/design_epochs120  # apart: the tables below are of 60-epoch runs
   $dd --tables-from runs/design/*/rows.csv
 fi

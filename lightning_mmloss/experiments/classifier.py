@@ -115,6 +115,11 @@ class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
         self.fusion = V.check_choice("fusion", fusion, FUSIONS)
         _, names = V.check_modalities(list(modalities))
         assert names is not None
+        if not isinstance(input_dims, Mapping):
+            raise TypeError(
+                "Expected argument `input_dims` to be a mapping from modality name to size, "
+                f"but got {type(input_dims).__name__} {input_dims!r}."
+            )
         missing = [m for m in names if m not in input_dims]
         if missing:
             raise ValueError(

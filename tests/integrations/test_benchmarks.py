@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from benchmarks import embedding_step, loss_speed
 from benchmarks._opcount import count_ops
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_count_ops_counts_data_touching_operators_only() -> None:
@@ -31,3 +35,49 @@ def test_embedding_step_runs(capsys) -> None:
     embedding_step.main(["--steps", "1", "--repeats", "1", "--classes", "3"])
     out = capsys.readouterr().out
     assert "late" in out and "mm-novalid" in out
+
+
+def _grads(model: torch.nn.Module, loss: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad()
+    loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_design_fused_gradient_experiment_scales_only_the_heads_share_of_the_fused_term(monkeypatch) -> None:
+    # issue 19's mm_fg* candidates: the fused term's gradient into the heads times b, the loss unchanged
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from benchmarks import design_decisions
+    from lightning_mmloss.experiments.classifier import MultiModalClassifier
+
+    torch.manual_seed(0)
+    batch = {"a": torch.randn(16, 5), "b": torch.randn(16, 3), "target": torch.arange(16) % 3}
+
+    def model_and_terms() -> tuple[MultiModalClassifier, torch.Tensor, torch.Tensor]:
+        torch.manual_seed(1)
+        model = MultiModalClassifier(["a", "b"], {"a": 5, "b": 3}, 3, hidden=[4])
+        loss, _, aux = model.mm_loss(model.stacked_logits(batch), batch["target"], return_terms=True)
+        return model, loss, aux
+
+    model, loss, _ = model_and_terms()
+    whole = _grads(model, loss)
+    model, _, aux = model_and_terms()
+    heads_only = _grads(model, model.mm_loss.aux_weight * aux)
+    for b in (0.0, 0.25):
+        model, _, _ = model_and_terms()
+        design_decisions._scale_fused_gradient(model, b)
+        patched_loss = model.mm_loss(model.stacked_logits(batch), batch["target"])
+        torch.testing.assert_close(patched_loss, loss)
+        got = _grads(model, patched_loss)
+        for name, g in got.items():
+            if name.startswith("mm_loss."):  # the proxies: the whole fused gradient
+                torch.testing.assert_close(g, whole[name])
+            else:  # the heads: the auxiliary part plus b times the fused part
+                torch.testing.assert_close(g, heads_only[name] + b * (whole[name] - heads_only[name]))
+
+
+def test_design_run_records_its_epochs(monkeypatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from benchmarks import design_decisions
+
+    row = design_decisions.run(("mm_fgdecay", "digits", 0, 1, ""))
+    assert row["epochs"] == 1 and row["candidate"] == "mm_fgdecay" and 0.0 < row["test_acc"] <= 1.0

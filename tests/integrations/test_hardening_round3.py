@@ -190,6 +190,8 @@ def test_float_targets_and_a_second_aux_weight_are_refused() -> None:
         ({"hidden": "8"}, TypeError, r"`hidden` to be a list of ints, but got str"),
         ({"input_dims": {"a": 0, "b": 2}}, ValueError, r"`input_dims\['a'\]` to be an int >= 1"),
         ({"input_dims": {"a": "5", "b": 2}}, TypeError, r"`input_dims\['a'\]` to be an int"),
+        # a list of sizes, in the modalities' order: it crashed in the error message itself (dict([3, 2]))
+        ({"input_dims": [3, 2]}, TypeError, r"`input_dims` to be a mapping from modality name to size, but got list"),
     ],
 )
 def test_classifier_head_sizes_are_checked(kwargs: dict, error: type, match: str) -> None:
