@@ -32,6 +32,8 @@ if [ "${DESIGN:-0}" = 1 ]; then
   # Q5, what did not work: more auxiliary weight, less or scheduled fused gradient into the heads, 120 epochs
   $dd --candidates mm_a0.75,mm_a1 --scenarios digits,uci_clean,ehh,instance,conflict,uci_corrupted,uci_swap2 --seeds 5 --out runs/design/q5_aux
   $dd --candidates mm_fg0,mm_fg0.25,mm_fgdecay --scenarios digits,uci_clean,ehh,instance,conflict --seeds 5 --out runs/design/q5_fused_gradient
-  $dd --candidates late,independent,mm --scenarios digits,uci_clean --seeds 5 --epochs 120 --out runs/design_epochs120  # apart: the tables below are of 60-epoch runs
+  # 120 epochs, apart: the tables below are of 60-epoch runs
+  $dd --candidates late,independent,mm,mm_fgdecay --scenarios digits,uci_clean --seeds 5 --epochs 120 --out runs/design_epochs120/clean
+  $dd --candidates late,independent,mm,mm_fgdecay,mm_le0 --scenarios ehh --seeds 5 --epochs 120 --out runs/design_epochs120/ehh
   $dd --tables-from runs/design/*/rows.csv
 fi
