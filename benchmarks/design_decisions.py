@@ -196,6 +196,8 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
     row: dict[str, Any] = {"candidate": candidate, "scenario": scenario, "seed": seed, "epochs": epochs}
     row.update(evaluate(model, dm.splits["test"], extra_attribution=True))
     row["train_seconds"] = time.perf_counter() - start
+    if fusion == "mm":
+        row["temperature"] = float(model.mm_loss.temperature)
     if spec["data"] == "synthetic" and fusion == "mm":
         row["attr_oracle"] = _oracle_attribution(model, dm)
     return row

@@ -35,5 +35,7 @@ if [ "${DESIGN:-0}" = 1 ]; then
   # 120 epochs, apart: the tables below are of 60-epoch runs
   $dd --candidates late,independent,mm,mm_fgdecay --scenarios digits,uci_clean --seeds 5 --epochs 120 --out runs/design_epochs120/clean
   $dd --candidates late,independent,mm,mm_fgdecay,mm_le0 --scenarios ehh --seeds 5 --epochs 120 --out runs/design_epochs120/ehh
+  # the default with the temperature grid of 0.001-1000 (rows record the fitted temperature)
+  $dd --candidates mm --scenarios ehh,instance,conflict,uci_clean,uci_corrupted,uci_swap2,digits --seeds 5 --out runs/design_tgrid
   $dd --tables-from runs/design/*/rows.csv
 fi

@@ -7,19 +7,23 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torchmetrics.utilities import rank_zero_warn
 
 from lightning_mmloss import _validation as V
 from lightning_mmloss.metrics._base import _AdditiveStateMetric
 
-# Candidate temperatures: log-spaced from 1/20 to 20, ratio about 1.064 between neighbours; the
-# minimum is then refined by a parabola through its neighbours in log T.
-_GRID_SIZE = 193
-_LOG_T_MAX = math.log(20.0)
+# Candidate temperatures: log-spaced from 1/1000 to 1000, ratio about 1.049 between neighbours;
+# the minimum is then refined by a parabola through its neighbours in log T. Why so wide: the
+# default fused logit (log-evidence weight 20, floor 1e-4) spans up to about 184 nats, and once a
+# model fits its training split the validation NLL wants temperatures beyond 20, where the grid
+# used to stop (ehh at 120 epochs: T stuck at 20, ECE 0.10 after calibration).
+_GRID_SIZE = 289
+_LOG_T_MAX = math.log(1000.0)
 _MAX_ELEMENTS = 1 << 22
 
 
 def temperature_grid(dtype: torch.dtype = torch.float64, device: torch.device | str | None = None) -> Tensor:
-    """The log-spaced candidate temperatures of :class:`TemperatureFit`, ``(193,)`` from 0.05 to 20."""
+    """The log-spaced candidate temperatures of :class:`TemperatureFit`, ``(289,)`` from 0.001 to 1000."""
     return torch.linspace(-_LOG_T_MAX, _LOG_T_MAX, _GRID_SIZE, dtype=dtype, device=device).exp()
 
 
@@ -67,6 +71,15 @@ def _temperature_compute(nll: Tensor, count: Tensor) -> float:
         return 1.0
     log_t = temperature_grid(device=nll.device).log()
     i = int(nll.argmin())
+    # At the top edge (T = 1000: a model no better than chance on these data, as in the first
+    # epochs) the probabilities are as good as uniform, which is the right answer; at the bottom
+    # edge they stay under-confident: logits 1000 times too small are a bug worth naming.
+    if i == 0:
+        rank_zero_warn(
+            f"The fitted temperature is at the bottom of its grid ({math.exp(float(log_t[0])):.4g}): the"
+            " logits are so small that the calibrated probabilities stay under-confident. Pass logits"
+            " (not probabilities or scores scaled down)."
+        )
     if 0 < i < len(nll) - 1:
         a, b, c = (float(v) for v in nll[i - 1 : i + 2])
         curvature = a - 2 * b + c
@@ -103,7 +116,7 @@ def fit_temperature(logits: Tensor, target: Tensor, ignore_index: int = -100) ->
 class TemperatureFit(_AdditiveStateMetric):
     """Accumulates what :func:`fit_temperature` needs over batches and processes; ``compute`` gives ``T``.
 
-    The state is the summed NLL at 193 fixed temperatures (and a count): a fixed-size sum, so an
+    The state is the summed NLL at 289 fixed temperatures from 0.001 to 1000 (and a count): a fixed-size sum, so an
     epoch costs no memory and DDP reduces it like any torchmetrics state.
 
     Args:

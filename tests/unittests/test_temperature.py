@@ -13,7 +13,7 @@ from lightning_mmloss.metrics import TemperatureFit, fit_temperature
 
 
 def _brute_force(logits: torch.Tensor, target: torch.Tensor) -> float:
-    temps = torch.linspace(math.log(0.05), math.log(20.0), 20001, dtype=torch.float64).exp()
+    temps = torch.linspace(math.log(1e-3), math.log(1e3), 40001, dtype=torch.float64).exp()
     x = logits.double()
     nll = torch.stack([F.cross_entropy(x / t, target) for t in temps[::10]])
     i = int(nll.argmin()) * 10
@@ -21,12 +21,30 @@ def _brute_force(logits: torch.Tensor, target: torch.Tensor) -> float:
     return float(fine[torch.stack([F.cross_entropy(x / t, target) for t in fine]).argmin()])
 
 
-@pytest.mark.parametrize("scale", [0.3, 1.0, 4.0])
+# 100: the default fused logit's scale (log-evidence weight 20, floor 1e-4: gaps up to 184 nats)
+# needs temperatures beyond 20 once the model fits its training split; the grid stopped at 20 and
+# the fit returned 20 there, leaving the probabilities over-confident (ehh at 120 epochs: ECE 0.10)
+@pytest.mark.parametrize("scale", [0.01, 0.3, 1.0, 4.0, 100.0, 400.0])
 def test_fit_matches_brute_force(scale: float) -> None:
     g = torch.Generator().manual_seed(1)
     target = torch.randint(0, 5, (3000,), generator=g)
     logits = scale * (torch.randn(3000, 5, generator=g) + 1.5 * F.one_hot(target, 5))
     assert fit_temperature(logits, target) == pytest.approx(_brute_force(logits, target), rel=2e-3)
+
+
+def test_the_grids_edges() -> None:
+    g = torch.Generator().manual_seed(3)
+    target = torch.randint(0, 3, (500,), generator=g)
+    noise = torch.randn(500, 3, generator=g)
+    # a model sure and always wrong: the NLL falls all the way to the top edge, where the
+    # probabilities are as good as uniform (the right answer), without a warning
+    wrong = 30.0 * F.one_hot((target + 1) % 3, 3).double()
+    t = fit_temperature(wrong, target)
+    assert t == pytest.approx(1e3)
+    assert (F.softmax(wrong / t, dim=1) - 1 / 3).abs().max() < 0.02
+    # logits far too small (here a million times): the bottom edge, named
+    with pytest.warns(UserWarning, match=r"bottom of its grid \(0\.001\).*under-confident"):
+        assert fit_temperature(1e-6 * (noise + 3 * F.one_hot(target, 3)), target) == pytest.approx(1e-3)
 
 
 def test_metric_over_batches_equals_function_and_skips_ignored() -> None:
