@@ -37,5 +37,7 @@ if [ "${DESIGN:-0}" = 1 ]; then
   $dd --candidates late,independent,mm,mm_fgdecay,mm_le0 --scenarios ehh --seeds 5 --epochs 120 --out runs/design_epochs120/ehh
   # the default with the temperature grid of 0.001-1000 (rows record the fitted temperature)
   $dd --candidates mm --scenarios ehh,instance,conflict,uci_clean,uci_corrupted,uci_swap2,digits --seeds 5 --out runs/design_tgrid
+  $dd --candidates mm --scenarios ehh --seeds 5 --epochs 120 --out runs/design_epochs120/tgrid_ehh
+  .venv/bin/python benchmarks/temperature_fit.py
   $dd --tables-from runs/design/*/rows.csv
 fi

@@ -81,3 +81,12 @@ def test_design_run_records_its_epochs(monkeypatch) -> None:
 
     row = design_decisions.run(("mm_fgdecay", "digits", 0, 1, ""))
     assert row["epochs"] == 1 and row["candidate"] == "mm_fgdecay" and 0.0 < row["test_acc"] <= 1.0
+
+
+def test_temperature_fit_benchmark_runs(capsys) -> None:
+    from benchmarks import temperature_fit
+
+    r = temperature_fit.bench_shape(16, 3, rounds=1, repeats=1)  # asserts that the chunkings agree
+    assert set(r) == {"cross-entropy", "update", "update, 1 << 22"} and min(r.values()) > 0
+    temperature_fit.main(["--shapes", "8x2", "--rounds", "1", "--repeats", "1", "--threads", "1"])
+    assert "8 x 2" in capsys.readouterr().out

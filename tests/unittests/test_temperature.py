@@ -47,6 +47,18 @@ def test_the_grids_edges() -> None:
         assert fit_temperature(1e-6 * (noise + 3 * F.one_hot(target, 3)), target) == pytest.approx(1e-3)
 
 
+def test_the_update_does_not_depend_on_its_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lightning_mmloss.metrics.temperature as temperature
+
+    g = torch.Generator().manual_seed(4)
+    target = torch.randint(0, 7, (300,), generator=g)
+    logits = 4 * torch.randn(300, 7, generator=g)
+    whole = temperature._temperature_update(logits, target, -100)
+    monkeypatch.setattr(temperature, "_MAX_ELEMENTS", 1)  # one grid temperature per chunk
+    one_by_one = temperature._temperature_update(logits, target, -100)
+    torch.testing.assert_close(one_by_one, whole, rtol=1e-12, atol=0)
+
+
 def test_metric_over_batches_equals_function_and_skips_ignored() -> None:
     g = torch.Generator().manual_seed(2)
     target = torch.randint(0, 3, (900,), generator=g)
