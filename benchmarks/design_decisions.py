@@ -137,8 +137,8 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
     fusion, kwargs = CANDIDATES[candidate]
     spec = SCENARIO_DATA[scenario]
     kwargs = dict(kwargs)
-    _fusion._mean_log_evidence, _fusion.LOG_EVIDENCE_FLOOR = _LOG_EVIDENCE
-    _fusion.LOG_EVIDENCE_FLOOR = kwargs.pop("le_floor", _fusion.LOG_EVIDENCE_FLOOR)
+    _fusion._mean_log_evidence = _LOG_EVIDENCE[0]
+    _fusion.LOG_EVIDENCE_FLOOR = kwargs.pop("le_floor", _LOG_EVIDENCE[1])
     if "le_grad" in kwargs:
         _patch_log_evidence_gradient(kwargs.pop("le_grad"), kwargs["loss_options"]["log_evidence"])
     late_aux = kwargs.pop("late_aux", 0.0)

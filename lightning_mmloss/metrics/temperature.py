@@ -14,10 +14,10 @@ from lightning_mmloss.metrics._base import _AdditiveStateMetric
 
 # Candidate temperatures: log-spaced from 1/1000 to 1000, ratio about 1.075 between neighbours;
 # the minimum is then refined by a parabola through its neighbours in log T (within 0.2% of the
-# exact minimiser in tests/unittests/test_temperature.py). Why so wide: the
-# default fused logit (log-evidence weight 20, floor 1e-4) spans up to about 184 nats, and once a
-# model fits its training split the validation NLL wants temperatures beyond 20, where the grid
-# used to stop (ehh at 120 epochs: T stuck at 20, ECE 0.10 after calibration).
+# exact minimiser in tests/unittests/test_temperature.py). Why so wide: the default fused logit
+# (log-evidence weight 20, floor 1e-4) spans up to about 184 nats, and once a model fits its
+# training split the validation NLL wants temperatures beyond 20, where the grid used to stop
+# (ehh at 120 epochs: T stuck at 20, ECE 0.10 after calibration).
 _GRID_SIZE = 193
 _LOG_T_MAX = math.log(1000.0)
 # Grid temperatures per chunk: (G, N, C) float64 intermediates of at most 2 MB stay in cache; at
@@ -119,8 +119,8 @@ def fit_temperature(logits: Tensor, target: Tensor, ignore_index: int = -100) ->
 class TemperatureFit(_AdditiveStateMetric):
     """Accumulates what :func:`fit_temperature` needs over batches and processes; ``compute`` gives ``T``.
 
-    The state is the summed NLL at 193 fixed temperatures from 0.001 to 1000 (and a count): a fixed-size sum, so an
-    epoch costs no memory and DDP reduces it like any torchmetrics state.
+    The state is the summed NLL at 193 fixed temperatures from 0.001 to 1000 (and a count): a
+    fixed-size sum, so an epoch costs no memory and DDP reduces it like any torchmetrics state.
 
     Args:
         ignore_index: targets with this value are skipped.

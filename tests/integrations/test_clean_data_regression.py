@@ -10,8 +10,6 @@ three test instances; with the heads' log-evidence in the fused logit (the defau
 
 from __future__ import annotations
 
-import functools
-import importlib.util
 import logging
 from pathlib import Path
 from typing import Any
@@ -20,25 +18,15 @@ import lightning as L
 import pytest
 import torch
 
+from benchmarks.digits_views import DigitsViewsDataModule
 from lightning_mmloss.experiments.classifier import MultiModalClassifier
 from tests.helpers.models import trainer as make_trainer
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-@functools.cache
-def _digits_module() -> Any:
-    spec = importlib.util.spec_from_file_location("digits_views", ROOT / "benchmarks" / "digits_views.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _fit(tmp_path: Path, fusion: str, seed: int, **kwargs: Any) -> tuple[float, list[float]]:
     """Fused and per-head test accuracy after the design-decision recipe (60 epochs)."""
     L.seed_everything(seed, verbose=False)
-    dm = _digits_module().DigitsViewsDataModule(seed=seed)
+    dm = DigitsViewsDataModule(seed=seed)
     dm.setup("fit")
     model = MultiModalClassifier(
         dm.modalities, dm.input_dims, dm.num_classes, fusion=fusion, hidden=[128, 32], proxies_per_class=10, **kwargs
