@@ -25,12 +25,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import lightning_mmloss.functional.fusion as _fusion
 from lightning_mmloss.experiments.compare import FLIP_GAP
-
-# the library's log-evidence, restored before every run: the experiment-only candidates patch it,
-# and a pool worker keeps the module between the runs it is given
-_LOG_EVIDENCE = (_fusion._mean_log_evidence, _fusion.LOG_EVIDENCE_FLOOR)
 
 # name -> (fusion, model keyword arguments)
 
@@ -76,11 +71,8 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "mm_le10_aux1": ("mm", {"aux_weight": 1.0, "loss_options": {"log_evidence": 10.0}}),
     "mm_le20_aux1": ("mm", {"aux_weight": 1.0, "loss_options": {"log_evidence": 20.0}}),
     "mm_le20_aux2": ("mm", {"aux_weight": 2.0, "loss_options": {"log_evidence": 20.0}}),
-    # issue 19, experiment only: the log-evidence's value at weight 20 but a gradient into the heads
-    # of weight g (late fusion's joint training, g = M), by patching the library in the worker
-    "mm_le20_g1": ("mm", {"loss_options": {"log_evidence": 20.0}, "le_grad": 1.0}),
-    "mm_le20_g3": ("mm", {"loss_options": {"log_evidence": 20.0}, "le_grad": 3.0}),
-    "mm_le20_gM": ("mm", {"loss_options": {"log_evidence": 20.0}, "le_grad": "M"}),
+    # (issue 19's "mm_le20_g*" candidates, a gradient into the heads through the log-evidence, patched
+    # the library's term: their rows in results/design/issue19_*.csv came from commit 8ee84d4's harness)
     # issue 19, experiment only: plus late fusion's own loss, CE(sum_m u_m), weight w
     "mm_le20_late0.5": ("mm", {"loss_options": {"log_evidence": 20.0}, "late_aux": 0.5}),
     "mm_le20_late1": ("mm", {"loss_options": {"log_evidence": 20.0}, "late_aux": 1.0}),
@@ -100,13 +92,31 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "mm_a0.75": ("mm", {"aux_weight": 0.75}),
     "mm_a1": ("mm", {"aux_weight": 1.0}),
     # issue 19: the floor of the log-evidence, log(p + floor) (the default's is 1e-4)
-    "mm_floor1e-2": ("mm", {"le_floor": 1e-2}),
-    "mm_floor1e-3": ("mm", {"le_floor": 1e-3}),
-    "mm_floor1e-4": ("mm", {"le_floor": 1e-4}),
+    "mm_floor1e-2": ("mm", {"loss_options": {"log_evidence_floor": 1e-2}}),
+    "mm_floor1e-3": ("mm", {"loss_options": {"log_evidence_floor": 1e-3}}),
+    "mm_floor1e-4": ("mm", {"loss_options": {"log_evidence_floor": 1e-4}}),
     "mm_aux1_cal": ("mm", {"aux_weight": 1.0}),
     "mm_aux2_cal": ("mm", {"aux_weight": 2.0}),
     "mm_aux1_le1": ("mm", {"aux_weight": 1.0, "loss_options": {"log_evidence": 1.0}}),
+    # issue 26: the log-evidence weight without the honesty defaults (aux_weight 0, kaiming proxies),
+    # calibrated like the library's default; "mm_paper_le0" is the paper's exact loss, calibrated
+    **{
+        f"mm_paper_le{w:g}": ("mm", {"aux_weight": 0.0, "loss_options": {"proxy_init": "kaiming", "log_evidence": w}})
+        for w in (0.0, 1.0, 5.0, 20.0)
+    },
+    # issue 26: the auxiliary weight fades from 0.5 to 0 over the first half of training (the heads'
+    # naming settles early; the clean sets then train the heads jointly, as the paper does)
+    "mm_fade_le0": ("mm", {"loss_options": {"log_evidence": 0.0}, "aux_fade": 0.5}),
+    "mm_fade_le20": ("mm", {"aux_fade": 0.5}),
+    # issue 26: more auxiliary weight, or none of the fused loss's gradient into the heads
+    "mm_le0_aux1": ("mm", {"aux_weight": 1.0, "loss_options": {"log_evidence": 0.0}}),
+    "mm_le0_aux2": ("mm", {"aux_weight": 2.0, "loss_options": {"log_evidence": 0.0}}),
+    "mm_le0_fg0": ("mm", {"fused_grad": 0.0, "loss_options": {"log_evidence": 0.0}}),
 }
+
+#: issue 26: candidates whose decision weight of the log-evidence is also fitted on the validation
+#: split, with the temperature, by NLL (no extra training: a second row "<candidate>+fit" per run)
+FIT_EVIDENCE = ("mm_le0", "mm_paper_le0", "mm_fade_le0", "mm_le0_aux1", "mm_le0_aux2", "mm_le0_fg0")
 
 SCENARIO_DATA = {
     "ehh": {"data": "synthetic", "scenario": "ehh"},
@@ -118,6 +128,8 @@ SCENARIO_DATA = {
     "uci_swap3": {"data": "uci-mfeat", "corrupt_fraction": 0.3, "corruption": "swap", "corrupt_views": 3},
     # a second real multi-view set, clean: scikit-learn's digits in four quadrant views (digits_views.py)
     "digits": {"data": "digits"},
+    # a third, clean, with three natural views: scikit-learn's breast cancer data (cancer_views.py)
+    "cancer": {"data": "cancer"},
 }
 
 
@@ -137,12 +149,9 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
     fusion, kwargs = CANDIDATES[candidate]
     spec = SCENARIO_DATA[scenario]
     kwargs = dict(kwargs)
-    _fusion._mean_log_evidence = _LOG_EVIDENCE[0]
-    _fusion.LOG_EVIDENCE_FLOOR = kwargs.pop("le_floor", _LOG_EVIDENCE[1])
-    if "le_grad" in kwargs:
-        _patch_log_evidence_gradient(kwargs.pop("le_grad"), kwargs["loss_options"]["log_evidence"])
     late_aux = kwargs.pop("late_aux", 0.0)
     fused_grad = kwargs.pop("fused_grad", None)
+    aux_fade = kwargs.pop("aux_fade", None)
     L.seed_everything(seed, verbose=False)
     if spec["data"] == "synthetic":
         dm = SyntheticMultimodalDataModule(spec["scenario"], seed=seed)
@@ -151,6 +160,11 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
         from digits_views import DigitsViewsDataModule  # beside this script; needs scikit-learn
 
         dm = DigitsViewsDataModule(seed=seed)
+        proxies = 10
+    elif spec["data"] == "cancer":
+        from cancer_views import CancerViewsDataModule  # beside this script; needs scikit-learn
+
+        dm = CancerViewsDataModule(seed=seed)
         proxies = 10
     else:
         dm = UCIMultipleFeaturesDataModule(
@@ -181,6 +195,8 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
         _add_late_loss(model, late_aux)
     if fused_grad is not None:
         _scale_fused_gradient(model, fused_grad)
+    if aux_fade is not None:
+        _fade_aux_weight(model, aux_fade)
     trainer = L.Trainer(
         max_epochs=epochs,
         accelerator="cpu",
@@ -200,24 +216,23 @@ def run(job: tuple[str, str, int, int, str]) -> dict[str, Any]:
         row["temperature"] = float(model.mm_loss.temperature)
     if spec["data"] == "synthetic" and fusion == "mm":
         row["attr_oracle"] = _oracle_attribution(model, dm)
-    return row
+    if fusion != "mm":
+        return [row]
+    from decision_analysis import decision_rows  # beside this script (issue 26)
+
+    return decision_rows(model, dm, row, fit=candidate in FIT_EVIDENCE)
 
 
-def _patch_log_evidence_gradient(grad_weight: float | str, weight: float) -> None:
-    """Experiment: ``log_evidence``'s forward value at ``weight``, its gradient at ``grad_weight``."""
-    plain = _LOG_EVIDENCE[0]
+def _fade_aux_weight(model: Any, start: float) -> None:
+    """Experiment: ``aux_weight`` from ``start`` at the first epoch linearly to 0 at half the epochs."""
+    plain = model.on_train_epoch_start
 
-    def patched(u: Any, mask: Any, spec: Any) -> Any:
-        import torch
+    def patched() -> None:
+        half = max(1, model.trainer.max_epochs // 2)
+        model.mm_loss.aux_weight = start * max(0.0, 1.0 - model.current_epoch / half)
+        plain()
 
-        fixed = plain(u, mask, spec)
-        g = spec.num_modalities if grad_weight == "M" else float(grad_weight)
-        keep = mask[:, :, None].to(u.dtype) if mask is not None else torch.ones_like(u[:, :, :1])
-        logp = u.log_softmax(-1)
-        live = (logp * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        return fixed + (g / weight) * (live - live.detach())
-
-    _fusion._mean_log_evidence = patched
+    model.on_train_epoch_start = patched
 
 
 def _add_late_loss(model: Any, weight: float) -> None:
@@ -404,9 +419,10 @@ def main(argv: list[str] | None = None) -> None:
     ]
     rows = []
     with mp.get_context("spawn").Pool(args.workers) as pool:
-        for row in pool.imap(run, jobs):
-            rows.append(row)
-            print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        for result in pool.imap(run, jobs):
+            for row in result if isinstance(result, list) else [result]:
+                rows.append(row)
+                print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
     fields = list(dict.fromkeys(k for r in rows for k in r))
     with open(out / "rows.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import torch
 
-from lightning_mmloss.experiments.data import MultiviewDataset
-from lightning_mmloss.experiments.data._dataset import _SplitsDataModule
-from lightning_mmloss.experiments.data.uci_mfeat import stratified_split
+try:  # imported as benchmarks.<name> (the tests) or with benchmarks/ on the path (the scripts, compare)
+    from benchmarks._views import StandardisedViews
+except ImportError:
+    from _views import StandardisedViews
 
 QUADRANTS = {"tl": (slice(0, 4), slice(0, 4)), "tr": (slice(0, 4), slice(4, 8)), "bl": (slice(4, 8), slice(0, 4))}
 QUADRANTS["br"] = (slice(4, 8), slice(4, 8))
 
 
-class DigitsViewsDataModule(_SplitsDataModule):
+class DigitsViewsDataModule(StandardisedViews):
     """scikit-learn's 8x8 digits as four quadrant views (10 classes, 1797 instances, clean).
 
     Stratified train/val/test split by ``seed`` (60/20/20); every pixel standardised with the
@@ -46,30 +47,15 @@ class DigitsViewsDataModule(_SplitsDataModule):
     """
 
     num_classes = 10
+    views = dict.fromkeys(QUADRANTS, 16)
+    min_std = 1.0
 
-    def __init__(self, batch_size: int = 128, seed: int = 0, num_workers: int = 0) -> None:
-        super().__init__()
-        self.modalities = list(QUADRANTS)
-        self.input_dims = dict.fromkeys(QUADRANTS, 16)
-        self._set_loader_args(batch_size, seed, num_workers)
-        self.save_hyperparameters()
-        self.splits: dict[str, MultiviewDataset] = {}
-
-    def setup(self, stage: str | None = None) -> None:
-        """Load, split and standardise; deterministic by ``seed``."""
-        if self.splits:
-            return
+    def load(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """The 1797 images cut into quadrants, and their digits."""
         from sklearn.datasets import load_digits
 
         digits = load_digits()
         images = torch.as_tensor(digits.images, dtype=torch.float32)  # (N, 8, 8), grey levels 0..16
         target = torch.as_tensor(digits.target, dtype=torch.long)
         views = {name: images[:, rows, cols].reshape(len(images), -1) for name, (rows, cols) in QUADRANTS.items()}
-        idx = stratified_split(target, (0.6, 0.2, 0.2), self.seed)
-        train = idx[0]
-        for split, ids in zip(("train", "val", "test"), idx, strict=True):
-            split_views = {}
-            for name, v in views.items():
-                mean, std = v[train].mean(0), v[train].std(0).clamp_min(1.0)
-                split_views[name] = (v[ids] - mean) / std
-            self.splits[split] = MultiviewDataset(split_views, target[ids])
+        return views, target

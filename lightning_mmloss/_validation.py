@@ -60,6 +60,29 @@ def check_nonnegative(name: str, value: Any) -> float:
     return float(value)
 
 
+#: the largest log-evidence weight: ``w * log(1e-4)`` must stay finite in float32 with room for a sum
+MAX_LOG_EVIDENCE = 1e6
+
+
+def check_log_evidence(value: Any) -> float:
+    """The log-evidence weight: a finite real number in ``[0, MAX_LOG_EVIDENCE]``."""
+    w = check_nonnegative("log_evidence", value)
+    if w > MAX_LOG_EVIDENCE:  # w * log(floor) overflows float32 long before 1e39
+        raise ValueError(f"Expected argument `log_evidence` to be at most {MAX_LOG_EVIDENCE:g}, but got {value!r}.")
+    return w
+
+
+def check_unit_interval(name: str, value: Any) -> float:
+    """A real number in ``(0, 1]`` (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"Expected argument `{name}` to be a float in (0, 1], but got {type(value).__name__} {value!r}."
+        )
+    if not math.isfinite(value) or not 0 < value <= 1:
+        raise ValueError(f"Expected argument `{name}` to be a float in (0, 1], but got {value!r}.")
+    return float(value)
+
+
 def check_gamma(gamma: Any) -> float:
     """Return ``gamma`` as a float after checking that it is a finite positive number."""
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)):

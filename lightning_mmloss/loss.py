@@ -75,6 +75,7 @@ class MultiModalLoss(nn.Module):
             heads; see :class:`~lightning_mmloss.functional.FusionOptions`). The default, 20,
             lets one sure head outweigh several mildly wrong ones, as late fusion does on clean
             data; 0: the paper's fused logit.
+        log_evidence_floor: the floor ``f`` of ``log(p + f)``, in ``(0, 1]`` (default ``1e-4``).
         class_weight: optional per-class weight ``(C,)`` for the cross-entropy (its ``weight``;
             renamed because ``MultiModalLoss.weight`` is the proxy parameter).
         label_smoothing: as in :func:`torch.nn.functional.cross_entropy`.
@@ -127,6 +128,7 @@ class MultiModalLoss(nn.Module):
         activation: str = "softmax",
         backend: str = "fused",
         log_evidence: float = 20.0,
+        log_evidence_floor: float = 1e-4,
         class_weight: Tensor | Sequence[float] | None = None,
         label_smoothing: float = 0.0,
         ignore_index: int = -100,
@@ -152,6 +154,7 @@ class MultiModalLoss(nn.Module):
             activation=activation,
             backend=backend,
             log_evidence=log_evidence,
+            log_evidence_floor=log_evidence_floor,
         )
         self.modality_names = names
         # checked once; the class weight lives in a buffer (it moves with the module)
@@ -397,6 +400,8 @@ class MultiModalLoss(nn.Module):
             parts.append("normalize_proxies=False")
         if s.log_evidence != FusionOptions.log_evidence:
             parts.append(f"log_evidence={s.log_evidence}")
+        if s.log_evidence_floor != FusionOptions.log_evidence_floor:
+            parts.append(f"log_evidence_floor={s.log_evidence_floor}")
         if s.activation != "softmax":
             parts.append(f"activation={s.activation!r}")
         parts.append(f"aux_weight={self.aux_weight}")

@@ -50,13 +50,16 @@ class FusionOptions:
         activation: ``"softmax"`` (inputs are logits) or ``"identity"`` (inputs are scores >= 0).
         backend: ``"fused"`` (hand-written backward, the fastest eager) or ``"autograd"`` (plain
             torch ops: double backward and ``torch.func``).
-        log_evidence: weight ``>= 0`` of the heads' log-evidence in the fused logits:
-            ``o = s + h + log_evidence * mean_m log(p_m + 1e-4)`` over the present modalities
-            (what late fusion sums, floored so that no single head can veto a class), as a fixed
-            offset: no gradient flows into the heads through it. ``h`` sums probabilities, a vote
-            of at most 2 per head and class; the log term lets a head that is sure outweigh heads
-            that are mildly wrong, as the product of the heads' beliefs does on clean data.
-            Default 20 (benchmarks/README.md, design decision Q5); 0: the paper's fused logit.
+        log_evidence: weight ``w >= 0`` of the heads' log-evidence in the fused logits,
+            ``o = (s + h) + w * mean_m log(p_m + floor)`` over the present modalities (what
+            late fusion sums, floored so that no single head can veto a class), as a fixed
+            offset: no gradient flows into the heads through it (:func:`log_evidence_logits`).
+            Default 20 (design decision Q5 in benchmarks/README.md; Q6 measures it against 0, 1, 5
+            and a weight fitted on validation data); 0: the paper's fused logit ``o = s + h``.
+        log_evidence_floor: the ``floor`` of the log-evidence, in ``(0, 1]``: one head can push a
+            class down by at most ``log(1 / floor)`` nats (times ``w / M``). Unfloored, a head fed
+            input it never saw in training, confidently wrong, vetoes the right class
+            (benchmarks/README.md, Q5).
 
     Example::
 
@@ -76,10 +79,14 @@ class FusionOptions:
     activation: str = "softmax"
     backend: str = "fused"
     log_evidence: float = 20.0
+    log_evidence_floor: float = 1e-4
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "gamma", V.check_gamma(self.gamma))
-        object.__setattr__(self, "log_evidence", V.check_nonnegative("log_evidence", self.log_evidence))
+        object.__setattr__(self, "log_evidence", V.check_log_evidence(self.log_evidence))
+        object.__setattr__(
+            self, "log_evidence_floor", V.check_unit_interval("log_evidence_floor", self.log_evidence_floor)
+        )
         V.check_choice("pooling", self.pooling, V.POOLINGS)
         V.check_choice("activation", self.activation, V.ACTIVATIONS)
         V.check_choice("backend", self.backend, V.BACKENDS)
@@ -99,6 +106,8 @@ def _options(options: FusionOptions | None, overrides: dict[str, Any]) -> Fusion
         return FusionOptions(**overrides)
     if not isinstance(options, FusionOptions):
         raise TypeError(f"Expected argument `options` to be a FusionOptions, but got {type(options).__name__}.")
+    if isinstance(options, FusionSpec):  # a loss's spec: its options, the sizes come from the inputs
+        options = FusionOptions(**{k: getattr(options, k) for k in fields})
     return dataclasses.replace(options, **overrides) if overrides else options
 
 
@@ -115,16 +124,25 @@ class FusionSpec(FusionOptions):
 class FusionOutput:
     """What the fusion exposes per instance.
 
-    Only ``logits`` carries gradient; the other fields are detached analytics.
+    Only ``logits`` carries gradient; the other fields are detached analytics. Every logit field
+    is on one scale (divided by the calibration temperature where there is one), so that
+    ``logits == attention_logits + evidence_logits == modality_logits.sum(1)``.
 
     Attributes:
-        logits: fused logits ``o = s + h``, shape ``(B, C)``.
+        logits: the fused logits ``o = (s + h) + w E``, shape ``(B, C)``: what decides.
         subgroup: flat index ``j = c*K + k`` of the most similar proxy, shape ``(B,)``.
         attention: attention ``A`` over all proxies, shape ``(B, C, K)``.
         similarity: cosine similarity ``S`` to every proxy, shape ``(B, C, K)``.
         unimodal_probs: per-modality scores ``p`` (zero for absent modalities), ``(B, M, C)``.
-        modality_weights: share of each modality in the attended sum for the predicted class,
-            ``(B, M)``, rows sum to one (all zeros when every modality is absent).
+        modality_weights: each modality's share of the predicted class's margin over the
+            runner-up in ``logits`` (from ``modality_logits``; a modality arguing for the runner-up
+            gets 0), ``(B, M)``, rows sum to one (all zeros when every modality is absent).
+        attention_logits: the paper's part, relaxed class similarity plus attended sum
+            ``s + h``, ``(B, C)``.
+        evidence_logits: the log-evidence part ``w * mean_m log(p_m + floor)``, ``(B, C)``
+            (zeros when ``log_evidence=0``).
+        modality_logits: ``logits`` split exactly by modality, ``(B, M, C)``: each modality's
+            similarity, attended score and log-evidence (zeros for absent modalities).
 
     Example::
 
@@ -142,6 +160,9 @@ class FusionOutput:
     similarity: Tensor
     unimodal_probs: Tensor
     modality_weights: Tensor
+    attention_logits: Tensor
+    evidence_logits: Tensor
+    modality_logits: Tensor
 
     @property
     def num_proxies(self) -> int:
@@ -261,6 +282,9 @@ class _Raw(NamedTuple):
         inputs: the unimodal logits the fusion read, ``(B, M, C)``, differentiable: from the
             fused path a view of its contiguous batch-last copy ``(M, C, B)`` (the auxiliary
             term takes its cross-entropy in that layout without a second copy).
+        evidence: the log-evidence part of ``logits`` ``(B, C)`` (detached), ``None`` when its weight is 0.
+        proxies: the normalised proxies ``(C*K, M*C)`` (detached), with analytics.
+        mask: the modality mask the fusion used, with analytics.
     """
 
     logits: Tensor
@@ -269,6 +293,9 @@ class _Raw(NamedTuple):
     attended: Tensor | None = None
     scores: Tensor | None = None
     inputs: Tensor | None = None
+    evidence: Tensor | None = None
+    proxies: Tensor | None = None
+    mask: Tensor | None = None
 
 
 def _fuse_composite(u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, analytics: bool) -> _Raw:
@@ -461,53 +488,119 @@ def _fuse(u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, anal
                 B, C, K = o.shape[1], spec.num_classes, spec.proxies_per_class
                 a_bf = a.t() if a.numel() else None
                 raw = _Raw(o.t(), T.permute(2, 0, 1), A.t().view(B, C, K), a_bf, p.permute(2, 0, 1), inputs)
-        if spec.log_evidence:  # one place for every path: loss, fuse, Shapley values
-            raw = raw._replace(logits=raw.logits + spec.log_evidence * _mean_log_evidence(u, mask, spec))
+        evidence = _evidence_logits(u, mask, spec)  # one place for every path: loss, fuse, Shapley values
+        if evidence is not None:
+            raw = raw._replace(logits=raw.logits + evidence, evidence=evidence)
+        if analytics:
+            raw = raw._replace(proxies=normalized_proxies(weight.detach(), spec.normalize_proxies), mask=mask)
     return raw
 
 
-#: The floor of the log-evidence, ``log(p + 1e-4)``: one head can push a class down by at most
-#: ``log(1 / 1e-4)``, about 9.2 nats (times the weight over M). Unfloored, ``log p`` of a head fed
-#: input it never saw in training, confidently wrong, runs to -100 and vetoes the right class:
-#: UCI, one view noised at 16x its std at test time, fused accuracy 0.48-0.80 without the floor
-#: and 0.98-0.99 with it, as without the term (benchmarks/README.md, Q5).
-LOG_EVIDENCE_FLOOR = 1e-4
+def _evidence_logits(u: Tensor, mask: Tensor | None, spec: FusionOptions) -> Tensor | None:
+    """``w * mean_m log(p_m + floor)`` over the present modalities, ``(B, C)``, detached; ``None`` for ``w = 0``.
 
-
-def _mean_log_evidence(u: Tensor, mask: Tensor | None, spec: FusionSpec) -> Tensor:
-    """``mean_m log(p_m + 1e-4)`` over the present modalities, ``(B, C)`` (0 where none is present), without gradient.
-
-    Why no gradient: with it, the fused cross-entropy trains the heads as late fusion's does, and
-    on clean UCI the weakest head fell 3.8 points below the same head trained alone; as a fixed
-    offset the term changes the fused decision only, and every head stays within 0.6 points
-    (benchmarks/README.md, design decision Q5).
+    Zero where no modality is present. Why no gradient: with it, the fused cross-entropy trains
+    the heads as late fusion's does, and on clean UCI the weakest head fell 3.8 points below the
+    same head trained alone (benchmarks/README.md, design decision Q5).
     """
+    if not spec.log_evidence:
+        return None
     u = u.detach()
-    if mask is not None:  # absent entries may be NaN: keep them out of the backward too
+    if mask is not None:  # absent entries may be NaN
         u = torch.where(mask[:, :, None], u, u.new_zeros(()))
     p = u.softmax(dim=-1) if spec.activation == "softmax" else u.clamp_min(0.0)
-    logp = (p + LOG_EVIDENCE_FLOOR).log()
+    return _mean_log_probs(p, mask, spec.log_evidence_floor).mul_(spec.log_evidence)
+
+
+def _mean_log_probs(p: Tensor, mask: Tensor | None, floor: float) -> Tensor:
+    """``mean_m log(p_m + floor)`` over the present modalities, ``(B, C)`` (0 where none is present).
+
+    The one formula of the log-evidence (unweighted): the fusion's term, the fitted decision
+    weight's term and their split by modality all read it.
+    """
+    logp = (p + floor).log()
     if mask is None:
         return logp.mean(dim=1)
     keep = mask[:, :, None].to(logp.dtype)
-    return (logp * keep).sum(dim=1) / keep.sum(dim=1).clamp_min(1.0)
+    return (logp * keep).sum(dim=1).div_(keep.sum(dim=1).clamp_min(1.0))
 
 
-def _analytics(raw: _Raw, spec: FusionSpec, temperature: Tensor | None = None) -> FusionOutput:
-    """The public per-instance analytics (contiguous, batch first) from :func:`_fuse`'s outputs."""
+def _modality_logits(raw: _Raw, spec: FusionSpec, mask: Tensor | None, evidence_weight: Tensor | float) -> Tensor:
+    """The fused logit split by modality, ``(B, M, C)``, summing to ``raw.logits`` (detached).
+
+    Exact, because every part of ``o`` is a sum over the modalities once the softmaxes are read
+    off: ``h = sum_m (1 + a_m) p_m``; the pooled similarity ``sum_k q_ck S_ck`` with
+    ``S_ck = sum_m zhat_m . P_ck,m`` (the cosine similarity split by modality block); and the
+    log-evidence ``(w / M') sum_m log(p_m + floor)`` over the ``M'`` present modalities, with
+    ``w = evidence_weight`` (the configured weight plus a fitted one).
+    """
+    assert raw.scores is not None and raw.scaled_similarity is not None and raw.proxies is not None
+    p = raw.scores
+    B, M, C = p.shape
+    K = spec.proxies_per_class
+    pool = 1 if spec.pooling == "reference" else 2
+    q = raw.scaled_similarity.softmax(dim=pool)  # (B, C, K): the pooling softmax of S / gamma
+    z = p.reshape(B, M * C)
+    zhat = (z * _inv_norm(z)).view(B, M, C)
+    per_block = torch.einsum("bmd,ckmd->bmck", zhat, raw.proxies.view(C, K, M, C))  # S split by block
+    parts = (per_block * q.unsqueeze(1)).sum(dim=3)
+    parts += p if raw.attended is None else (1 + raw.attended.view(B, M, C)) * p
+    if isinstance(evidence_weight, Tensor) or evidence_weight:
+        logp = (p + spec.log_evidence_floor).log()
+        keep = p.new_ones(B, M) if mask is None else mask.to(p.dtype)
+        scale = keep / keep.sum(dim=1, keepdim=True).clamp_min(1.0) * evidence_weight
+        parts += logp * scale[:, :, None]
+    return parts
+
+
+def _margin_shares(parts: Tensor, logits: Tensor, mask: Tensor | None) -> Tensor:
+    """Each modality's share of the predicted class's margin over the runner-up, ``(B, M)``.
+
+    ``d_m = o_m[c_hat] - o_m[c_2]`` sums to the fused margin ``o[c_hat] - o[c_2] >= 0``; a modality
+    that argues for the runner-up (``d_m < 0``) gets weight 0, the others share by ``d_m``. On an
+    exact tie the present modalities share equally; all zeros when none is present.
+    """
+    B, M, _ = parts.shape
+    top2 = logits.topk(2, dim=1).indices  # C >= 2
+    pick = top2[:, None, :].expand(B, M, 2)
+    d = parts.gather(2, pick)
+    d = (d[..., 0] - d[..., 1]).clamp_min(0.0)
+    total = d.sum(dim=1, keepdim=True)
+    present = torch.ones_like(d) if mask is None else mask.to(d.dtype)
+    tie = present / present.sum(dim=1, keepdim=True).clamp_min(1.0)
+    return torch.where(total > 0, d / total.clamp_min(torch.finfo(d.dtype).tiny), tie)
+
+
+def _analytics(
+    raw: _Raw, spec: FusionSpec, temperature: Tensor | None = None, evidence_weight: Tensor | None = None
+) -> FusionOutput:
+    """The public per-instance analytics (contiguous, batch first) from :func:`_fuse`'s outputs.
+
+    ``temperature`` and ``evidence_weight`` are the calibration's (``MultiModalLoss``'s buffers):
+    the decision's logits are ``(o + evidence_weight * mean_m log(p_m + floor)) / temperature``.
+    """
     assert raw.scaled_similarity is not None and raw.attention is not None and raw.scores is not None
-    logits = raw.logits if temperature is None else raw.logits / temperature.to(raw.logits.dtype)
+    logits, evidence = raw.logits, raw.evidence
+    weight: Tensor | float = spec.log_evidence
+    if evidence_weight is not None:  # a detached offset: the fitted decision weight's share of the evidence
+        ew = evidence_weight.to(logits.dtype)
+        extra = _mean_log_probs(raw.scores, raw.mask, spec.log_evidence_floor) * ew
+        logits, weight = logits + extra, ew + spec.log_evidence
+        evidence = extra if evidence is None else evidence + extra
+    inv_t = None if temperature is None else temperature.to(logits.dtype).reciprocal()
+    if inv_t is not None:
+        logits = logits * inv_t
     with torch.no_grad():
         p = raw.scores
-        B, M, C = p.shape
+        B, _, C = p.shape
         sim = (raw.scaled_similarity * spec.gamma).contiguous()
         subgroup = sim.view(B, C * spec.proxies_per_class).argmax(dim=-1)
-        pick = logits.detach().argmax(dim=-1).view(B, 1, 1).expand(B, M, 1)
-        contrib = p.gather(2, pick).squeeze(2)
-        if raw.attended is not None:
-            contrib = contrib * (1 + raw.attended.reshape(B, M, C).gather(2, pick).squeeze(2))
-        total = contrib.sum(dim=1, keepdim=True)
-        weights = torch.where(total > 0, contrib / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
+        parts = _modality_logits(raw, spec, raw.mask, weight)
+        evidence = evidence if evidence is not None else raw.logits.new_zeros(B, C)
+        attention_logits = raw.logits.detach() - (raw.evidence if raw.evidence is not None else 0.0)
+        if inv_t is not None:
+            parts, evidence, attention_logits = parts * inv_t, evidence * inv_t, attention_logits * inv_t
+        weights = _margin_shares(parts, logits.detach(), raw.mask)
     return FusionOutput(
         logits=logits.contiguous(),
         subgroup=subgroup,
@@ -515,6 +608,9 @@ def _analytics(raw: _Raw, spec: FusionSpec, temperature: Tensor | None = None) -
         similarity=sim,
         unimodal_probs=p.contiguous(),
         modality_weights=weights,
+        attention_logits=attention_logits.contiguous(),
+        evidence_logits=evidence.contiguous(),
+        modality_logits=parts.contiguous(),
     )
 
 
@@ -564,17 +660,20 @@ def multimodal_logits(
     r"""Fused logits of the MultiModal loss (the cheap path: no analytics).
 
     .. math::
-        o_c = \sum_k q_{ck} S_{ck} + \sum_m (1 + a_{mc}) p_{mc}
+        o_c = \sum_k q_{ck} S_{ck} + \sum_m (1 + a_{mc}) p_{mc} + w \tfrac{1}{M} \sum_m \log(p_{mc} + f)
 
-    with :math:`S = \hat z P^\top`, :math:`A = \mathrm{softmax}(S/\gamma)`, :math:`a = A P` and
-    :math:`q` the pooling softmax (see ``docs`` or ``shared/design/loss.md``).
+    with :math:`S = \hat z P^\top`, :math:`A = \mathrm{softmax}(S/\gamma)`, :math:`a = A P`,
+    :math:`q` the pooling softmax (see ``docs`` or ``shared/design/loss.md``) and the
+    log-evidence of weight :math:`w` (``log_evidence``) and floor :math:`f`
+    (:func:`log_evidence_logits`; ``log_evidence=0`` is the paper's fused logit).
 
     Args:
         unimodal_logits: ``(B, M, C)`` tensor, a sequence of ``M`` ``(B, C)`` tensors, or a mapping
             name -> ``(B, C)`` (needs ``modality_names``).
         weight: proxy parameter of shape ``(C*K, M*C)``.
         options: the fusion's :class:`FusionOptions` (``gamma``, ``pooling``, ``attention``,
-            ``normalize_proxies``, ``activation``, ``backend``); default ``FusionOptions()``.
+            ``normalize_proxies``, ``activation``, ``backend``, ``log_evidence``,
+            ``log_evidence_floor``); default ``FusionOptions()``.
         modality_mask: optional bool ``(B, M)``, ``True`` where the modality is present.
         modality_names: order of the keys when ``unimodal_logits`` is a mapping.
         validate_args: check values (finite, non-negative for ``identity``); costs one sync.
@@ -630,3 +729,58 @@ def multimodal_fuse(
     opts = _options(options, option_kwargs)
     u, mask, spec, _ = _prepare(unimodal_logits, weight, modality_mask, modality_names, validate_args, opts)
     return _analytics(_fuse(u, weight, mask, spec, analytics=True), spec)
+
+
+def log_evidence_logits(
+    unimodal_logits: UnimodalInput,
+    options: FusionOptions | None = None,
+    *,
+    modality_mask: Tensor | None = None,
+    modality_names: Sequence[str] | None = None,
+    validate_args: bool = True,
+    **option_kwargs: Any,
+) -> Tensor:
+    r"""The log-evidence part of the fused logits, on its own: :math:`w \tfrac{1}{M'} \sum_m \log(p_{mc} + f)`.
+
+    The mean over the ``M'`` present modalities of each head's floored log-probability, times
+    the weight ``w = log_evidence``: late fusion's logit up to a per-instance constant, floored
+    at ``f = log_evidence_floor`` so that one head can push a class down by at most
+    ``w / M' * log(1 / f)``. Detached (the fusion adds it as a fixed offset); zeros where no
+    modality is present, and for ``w = 0``.
+
+    Args:
+        unimodal_logits: as in :func:`multimodal_logits` (scores ``>= 0`` with ``activation="identity"``).
+        options: the fusion's :class:`FusionOptions` (``log_evidence``, ``log_evidence_floor``,
+            ``activation`` matter here).
+        modality_mask: optional bool ``(B, M)``, ``True`` where the modality is present.
+        modality_names: order of the keys when ``unimodal_logits`` is a mapping.
+        validate_args: check values (finite, non-negative for ``identity``).
+        option_kwargs: any :class:`FusionOptions` field by name.
+
+    Returns:
+        ``(B, C)`` in at least float32.
+
+    Example::
+
+        >>> import torch
+        >>> from lightning_mmloss.functional import log_evidence_logits
+        >>> u = torch.tensor([[[0.0, 0.0], [2.0, 0.0]]])  # one instance, 2 modalities, 2 classes
+        >>> log_evidence_logits(u, log_evidence=1.0).round(decimals=4)
+        tensor([[-0.4099, -1.4095]])
+        >>> log_evidence_logits(u, log_evidence=0.0)
+        tensor([[0., 0.]])
+    """
+    opts = _options(options, option_kwargs)
+    names = V.check_names("modality_names", modality_names)
+    u = V.coerce_unimodal(unimodal_logits, names, None if names is None else len(names))
+    V.check_unimodal_tensor(u, None if names is None else len(names), None)
+    if u.shape[2] < 2:
+        raise ValueError(
+            f"Expected argument `unimodal_logits` to have C >= 2 classes (shape (B, M, C)), but got C={u.shape[2]}."
+        )
+    mask = V.check_mask(modality_mask, u.shape[0], u.shape[1], u.device)
+    if validate_args:
+        V.check_values(u, mask, opts.activation, names)
+    u = _as_compute_dtype(u)
+    evidence = _evidence_logits(u, mask, opts)
+    return u.new_zeros(u.shape[0], u.shape[2]) if evidence is None else evidence

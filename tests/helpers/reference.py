@@ -34,12 +34,17 @@ def reference_fuse(
     normalize: bool = True,
     activation: str = "softmax",
     mask: Tensor | None = None,
-    log_evidence: float = 20.0,
+    log_evidence: float = 0.0,
+    floor: float = 1e-4,
 ) -> dict[str, Tensor]:
     """Fuse a batch ``u`` ``(B, M, C)`` instance by instance; returns logits and analytics.
 
-    ``log_evidence`` (the library's default, 20; 0: the paper's fused logit): plus that weight
-    times the mean over the present modalities of ``log(p_m + 1e-4)`` (a constant: detached).
+    ``log_evidence`` (0, the default here: the paper's fused logit): plus that weight times the
+    mean over the present modalities of ``log(p_m + floor)`` (a constant: detached).
+
+    The modality weights: each modality's part of the fused logit (its block's share of every
+    similarity, its attended score, its share of the log-evidence), and its share of the margin
+    of the predicted class over the runner-up, negatives counted as 0.
     """
     B, M, C = u.shape
     proxies = []
@@ -48,7 +53,7 @@ def reference_fuse(
         proxies.append(_l2_normalize(w) if normalize else w)
     P = torch.stack(proxies)  # (C*K, M*C), row c*K + k
     out: dict[str, list[Tensor]] = {
-        k: [] for k in ("logits", "similarity", "attention", "weights", "probs", "subgroup")
+        k: [] for k in ("logits", "similarity", "attention", "weights", "probs", "subgroup", "parts")
     }
     for b in range(B):
         blocks = []
@@ -77,20 +82,30 @@ def reference_fuse(
             q = torch.stack([_softmax(Sck[c, :] / gamma) for c in range(C)], dim=0)
         s = [sum(q[c, k] * Sck[c, k] for k in range(K)) for c in range(C)]
         o = torch.stack([s[c] + h[c] for c in range(C)])
+        present = [m for m in range(M) if mask is None or bool(mask[b, m])]
+        logs = {}
         if log_evidence:
-            present = [m for m in range(M) if mask is None or bool(mask[b, m])]
             # a fixed offset: no gradient through it
-            logs = [
-                torch.log((_softmax(u[b, m]) if activation == "softmax" else u[b, m]) + 1e-4).detach() for m in present
-            ]
-            o = o + log_evidence * (sum(logs) / len(logs) if logs else torch.zeros_like(o))
-        c_hat = int(o.argmax())
-        contrib = []
+            for m in present:
+                logs[m] = torch.log((_softmax(u[b, m]) if activation == "softmax" else u[b, m]) + floor).detach()
+            o = o + log_evidence * (sum(logs.values()) / len(logs) if logs else torch.zeros_like(o))
+        # the fused logit by modality: o[c] == sum over m of part[m][c]
+        part = torch.zeros(M, C, dtype=u.dtype)
         for m in range(M):
-            boost = (1 + a[m * C + c_hat]) if attention else 1.0
-            contrib.append(boost * blocks[m][c_hat])
-        contrib_t = torch.stack([torch.as_tensor(x, dtype=u.dtype) for x in contrib])
-        weights = contrib_t / contrib_t.sum() if float(contrib_t.sum().detach()) > 0 else torch.zeros_like(contrib_t)
+            for c in range(C):
+                sim_m = sum(q[c, k] * sum(zn[m * C + d] * P[c * K + k][m * C + d] for d in range(C)) for k in range(K))
+                boost = (1 + a[m * C + c]) if attention else 1.0
+                part[m, c] = sim_m + boost * blocks[m][c]
+                if m in logs:
+                    part[m, c] = part[m, c] + log_evidence * logs[m][c] / len(logs)
+        order = torch.argsort(o.detach(), descending=True, stable=True)
+        c_hat, c_2 = int(order[0]), int(order[1])
+        d = torch.stack([torch.clamp(part[m, c_hat] - part[m, c_2], min=0.0) for m in range(M)]).detach()
+        if float(d.sum()) > 0:
+            weights = d / d.sum()
+        else:  # a tie: the present modalities share it
+            weights = torch.tensor([1.0 / len(present) if m in present else 0.0 for m in range(M)], dtype=u.dtype)
+        out["parts"].append(part.detach())
         out["logits"].append(o)
         out["similarity"].append(Sck)
         out["attention"].append(A.view(C, K))

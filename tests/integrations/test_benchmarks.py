@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from benchmarks import embedding_step, loss_speed
@@ -79,8 +80,35 @@ def test_design_run_records_its_epochs(monkeypatch) -> None:
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     from benchmarks import design_decisions
 
-    row = design_decisions.run(("mm_fgdecay", "digits", 0, 1, ""))
+    (row,) = design_decisions.run(("mm_fgdecay", "digits", 0, 1, ""))
     assert row["epochs"] == 1 and row["candidate"] == "mm_fgdecay" and 0.0 < row["test_acc"] <= 1.0
+    # issue 26: what s + h changes against the log-evidence alone, counted on the test split
+    assert 0 <= row["dec_better"] + row["dec_worse"] <= row["dec_changed"] <= 360 * (1 - row["dec_agree"]) + 1e-6
+
+
+def test_design_run_with_a_fitted_decision_weight_and_its_tables(monkeypatch, tmp_path) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from benchmarks import decision_tables, design_decisions
+
+    rows = design_decisions.run(("mm_le0", "cancer", 0, 2, ""))
+    assert [r["candidate"] for r in rows] == ["mm_le0", "mm_le0+fit"]
+    plain, fitted = rows
+    assert "dec_changed" not in plain  # no log-evidence term: nothing to compare
+    assert fitted["fit_alpha"] > 0 and fitted["fit_beta"] >= 0
+    assert fitted["fit_log_evidence"] == pytest.approx(fitted["fit_beta"] / fitted["fit_alpha"])
+    shares = [plain[f"wmargin_{m}_mean"] for m in ("mean", "se", "worst")]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-6)
+    late = design_decisions.run(("late", "cancer", 0, 2, ""))
+    path = tmp_path / "rows.csv"
+    fields = list(dict.fromkeys(k for r in [*late, *rows] for k in r))
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows([*late, *rows])
+    text = decision_tables.tables(decision_tables._load([str(path)]))
+    assert "| mm_le0+fit |" in text and "| late | " in text
 
 
 def test_temperature_fit_benchmark_runs(capsys) -> None:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from lightning_mmloss import MultiModalLoss
 from lightning_mmloss.functional import (
+    FusionOptions,
     modality_shapley,
     multimodal_fuse,
     multimodal_logits,
@@ -93,7 +94,8 @@ def test_shapley_matches_permutation_definition(M: int) -> None:
 
         def value(coalition: frozenset[int], b: int = b) -> float:
             mask = torch.tensor([[m in coalition for m in range(M)]])
-            logits = reference_fuse(u[b : b + 1], w, K, mask=mask)["logits"]
+            # the library's default log-evidence, as modality_shapley's default options have it
+            logits = reference_fuse(u[b : b + 1], w, K, mask=mask, log_evidence=FusionOptions().log_evidence)["logits"]
             return float(logits.softmax(dim=-1)[0, cls[b]])
 
         torch.testing.assert_close(phi[b], torch.tensor(reference_shapley(value, M), dtype=torch.float64))
@@ -135,12 +137,14 @@ def test_random_shapes_match_reference(B: int, M: int, C: int, K: int, gamma: fl
     g = torch.Generator().manual_seed(seed)
     u = torch.randn(B, M, C, dtype=torch.float64, generator=g) * 3
     w = torch.randn(C * K, M * C, dtype=torch.float64, generator=g)
-    out = multimodal_fuse(u, w, gamma=gamma, pooling=pooling, backend="fused")
+    out = multimodal_fuse(u, w, gamma=gamma, pooling=pooling, backend="fused", log_evidence=0.0)
     assert out.logits.shape == (B, C) and out.attention.shape == (B, C, K)
     if B:
         ref = reference_fuse(u, w, K, gamma, pooling)
         torch.testing.assert_close(out.logits, ref["logits"])
         torch.testing.assert_close(out.attention, ref["attention"])
+        torch.testing.assert_close(out.modality_logits, ref["parts"])
+        torch.testing.assert_close(out.modality_weights, ref["weights"])
         assert torch.all((out.similarity >= -1e-12) & (out.similarity <= 1 + 1e-12))
 
 

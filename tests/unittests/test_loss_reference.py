@@ -32,6 +32,7 @@ def _inputs(B: int, M: int, C: int, activation: str = "softmax") -> torch.Tensor
 
 def _make(M: int, C: int, K: int, **kw) -> MultiModalLoss:
     kw.setdefault("aux_weight", 0.0)  # the paper's loss: fused cross-entropy only (aux term: own tests)
+    kw.setdefault("log_evidence", 0.0)  # the paper's logit and gradients at full strength (the term: own tests)
     crit = MultiModalLoss(C, M, K, **kw).double()
     with torch.no_grad():  # some exact zeros and negative rows: exercise the clamp
         crit.weight.uniform_(-0.3, 1.0)
@@ -56,6 +57,8 @@ def test_matches_reference(
     torch.testing.assert_close(out.attention, ref["attention"].detach())
     torch.testing.assert_close(out.unimodal_probs, ref["probs"].detach())
     torch.testing.assert_close(out.modality_weights, ref["weights"].detach())
+    torch.testing.assert_close(out.modality_logits, ref["parts"])
+    torch.testing.assert_close(out.attention_logits + out.evidence_logits, out.logits.detach())
     assert torch.equal(out.subgroup, ref["subgroup"])
 
     loss = crit(u, y)
@@ -202,7 +205,7 @@ def test_gradcheck_default_loss_with_every_option(backend: str, reduction: str, 
 
     assert torch.autograd.gradcheck(lambda u_, w_: loss(no_offset, u_, w_), (u, w), eps=1e-6, atol=1e-5)
     assert torch.autograd.gradcheck(lambda w_: loss(crit, u.detach(), w_), (w,), eps=1e-6, atol=1e-5)
-    logits = reference_fuse(u, crit.weight, K, 0.5)["logits"]
+    logits = reference_fuse(u, crit.weight, K, 0.5, log_evidence=crit.spec.log_evidence)["logits"]
     ref = reference_total_loss(
         logits, u, y, 0.5, class_weight=crit.class_weight, label_smoothing=0.1 if weighted else 0.0, reduction=reduction
     )
@@ -445,7 +448,8 @@ def test_paper_options_give_the_papers_fused_logit_and_loss(backend: str) -> Non
     default = MultiModalLoss(C, M, K, backend=backend).double()
     default.weight.data.copy_(crit.weight.data)
     assert not torch.allclose(default.fuse(u).logits, ref["logits"])
-    torch.testing.assert_close(default.fuse(u).logits, reference_fuse(u, crit.weight, K, 0.1)["logits"])
+    ref_default = reference_fuse(u, crit.weight, K, 0.1, log_evidence=default.spec.log_evidence)
+    torch.testing.assert_close(default.fuse(u).logits, ref_default["logits"])
 
 
 def test_the_paper_recipe_uses_the_papers_fused_logit() -> None:

@@ -90,8 +90,17 @@ def test_module_functional_and_reference_agree_with_the_invariants(case: dict) -
     if B:
         opts = case["options"]
         ref = reference_fuse(
-            u, crit.weight.detach(), K, opts["gamma"], opts["pooling"], attention=opts["attention"], mask=mask
+            u,
+            crit.weight.detach(),
+            K,
+            opts["gamma"],
+            opts["pooling"],
+            attention=opts["attention"],
+            mask=mask,
+            log_evidence=crit.spec.log_evidence,
         )
+        torch.testing.assert_close(out.modality_logits.sum(1), out.logits)
+        torch.testing.assert_close(out.modality_weights, ref["weights"])
         torch.testing.assert_close(out.logits, ref["logits"])
         expected = reference_total_loss(ref["logits"], u, target, crit.aux_weight, mask, crit.class_weight,
                                         crit.label_smoothing, crit.ignore_index, crit.reduction)  # fmt: skip

@@ -1,0 +1,158 @@
+"""Issue 26: what decides a MultiModal-loss prediction, and who explains it (used by design_decisions.py).
+
+For one trained ``MultiModalClassifier`` and its test split:
+
+- the fused logit split into its parts, ``o = (s + h) + w * E`` with ``E = mean_m log(p_m + floor)``:
+  how many test decisions ``s + h`` changes against the log-evidence alone, and how many of those
+  for the better;
+- the fused logit split by modality, ``o = sum_m o_m`` (exact: ``h`` and ``E`` are sums over the
+  modalities, and so is the pooled similarity ``s = sum_k q_ck S_ck`` with ``S = sum_m zhat_m . P_m``),
+  and the modality weights from each modality's share of the margin of the predicted class over the
+  runner-up (``attr_margin``), beside the attention weights of today's definition;
+- for data without ground truth: the mean weight and top-weighted share per modality;
+- with ``fit=True``, a second row: the log-evidence's decision weight and the temperature fitted on
+  the validation split by NLL (``softmax(alpha (s + h) + beta E)``, convex in ``alpha, beta``).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_mmloss.functional import log_evidence_logits, modality_reliability
+
+
+def _parts(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Any]:
+    """``(s + h, E, per-modality (B, M, C) of s + h + w E, fusion)`` of the raw (uncalibrated) fused logit.
+
+    Read off the library's ``FusionOutput`` (``attention_logits``, ``evidence_logits``,
+    ``modality_logits``), times the temperature; ``E`` unweighted.
+    """
+    loss = model.mm_loss
+    spec = loss.spec
+    with torch.no_grad():
+        u = model.stacked_logits(batch).float()
+        out = loss.fuse(u)
+        t = loss.temperature
+        base = out.attention_logits * t
+        E = log_evidence_logits(u, log_evidence=1.0, log_evidence_floor=spec.log_evidence_floor)
+        per_mod = out.modality_logits * t
+    return base, E, per_mod, out
+
+
+def margin_weights(per_mod: Tensor, logits: Tensor) -> Tensor:
+    """Each modality's share of the predicted class's margin over the runner-up, ``(B, M)`` (negatives count 0).
+
+    The library's ``modality_weights`` since issue 26; here for the refitted decision weight's split.
+    """
+    top2 = logits.topk(2, dim=1).indices
+    B, M, _ = per_mod.shape
+    d = per_mod.gather(2, top2[:, None, 0:1].expand(B, M, 1)) - per_mod.gather(2, top2[:, None, 1:2].expand(B, M, 1))
+    d = d.squeeze(2).clamp_min(0)
+    tot = d.sum(1, keepdim=True)
+    return torch.where(tot > 0, d / tot.clamp_min(1e-30), 1.0 / M)
+
+
+def _attr(weights: Tensor, correct: Tensor, informative: Tensor) -> float:
+    idx = correct.nonzero().squeeze(1)
+    if informative.all() or not len(idx):
+        return math.nan
+    top = weights[idx].argmax(1)
+    return float(informative[idx, top].float().mean())
+
+
+def _weights_summary(prefix: str, weights: Tensor, names: list[str]) -> dict[str, float]:
+    row = {}
+    top = weights.argmax(1)
+    for i, m in enumerate(names):
+        row[f"{prefix}_{m}_mean"] = float(weights[:, i].mean())
+        row[f"{prefix}_{m}_top"] = float((top == i).float().mean())
+    row[f"{prefix}_gap"] = float((weights.amax(1) - weights.amin(1)).mean())
+    return row
+
+
+def _fit_alpha_beta(base: Tensor, E: Tensor, y: Tensor) -> tuple[float, float]:
+    """``argmin NLL(softmax(alpha base + beta E), y)`` over ``alpha > 0, beta >= 0`` (convex; L-BFGS)."""
+    base, E = base.double(), E.double()
+    best = (math.inf, 1.0, 0.0)
+    for beta0 in (0.0, 0.1, 1.0):  # starts; the problem is convex, these only guard the parametrisation
+        x = torch.tensor([0.0, math.log(beta0 + 1e-3)], dtype=torch.float64, requires_grad=True)
+        opt = torch.optim.LBFGS([x], lr=1, max_iter=200, line_search_fn="strong_wolfe", tolerance_grad=1e-10)
+
+        def closure(x: Tensor = x, opt: torch.optim.LBFGS = opt) -> Tensor:
+            opt.zero_grad()
+            nll = torch.nn.functional.cross_entropy(x[0].exp() * base + x[1].exp() * E, y)
+            nll.backward()
+            return nll
+
+        opt.step(closure)
+        with torch.no_grad():
+            alpha, beta = float(x[0].exp()), float(x[1].exp())
+            nll = float(torch.nn.functional.cross_entropy(alpha * base + beta * E, y))
+        if nll < best[0]:
+            best = (nll, alpha, beta)
+    return best[1], best[2]
+
+
+def _decision_counts(pred: Tensor, E: Tensor, y: Tensor) -> dict[str, float]:
+    """How many decisions ``s + h`` changes against the log-evidence ``E`` alone, for the better and the worse."""
+    alone = E.argmax(1)
+    changed = pred != alone
+    return {
+        "dec_changed": float(changed.sum()),
+        "dec_better": float((changed & (pred == y)).sum()),
+        "dec_worse": float((changed & (alone == y)).sum()),
+        "dec_agree": float((~changed).float().mean()),
+    }
+
+
+def decision_rows(model: Any, dm: Any, row: dict[str, Any], fit: bool = False) -> list[dict[str, Any]]:
+    """``row`` with the issue-26 columns, and with ``fit`` a second row for the fitted decision weight."""
+    model.eval()
+    names = list(model.modality_names)
+    test = dm.splits["test"].as_batch()
+    y, informative = test["target"], test["informative"]
+    base, E, per_mod, out = _parts(model, test)
+    w = model.mm_loss.spec.log_evidence
+    raw = base + w * E
+    pred = raw.argmax(1)
+    correct = pred == y
+    row = dict(row)
+    if w > 0:
+        row.update(_decision_counts(pred, E, y))
+        row["span_evidence"] = float((w * E).amax(1).sub((w * E).amin(1)).median())
+        row["span_sh"] = float(base.amax(1).sub(base.amin(1)).median())
+    mw = out.modality_weights  # the library's: each modality's share of the margin (margin_weights below)
+    row["attr_margin"] = _attr(mw, correct, informative)
+    row.update(_weights_summary("wmargin", mw, names))
+    row.update(_weights_summary("wattn", out.modality_weights, names))
+    rows = [row]
+    if fit:
+        val = dm.splits["val"].as_batch()
+        vbase, vE, _, _ = _parts(model, val)
+        alpha, beta = _fit_alpha_beta(vbase, vE, val["target"])
+        wfit = beta / alpha
+        logits = alpha * base + beta * E
+        fused = logits.softmax(-1)
+        rel = modality_reliability(out.unimodal_probs, fused, y, modalities=names)
+        frow = dict(row)
+        for key in [k for k in frow if k.startswith(("dec_", "span_", "attr_", "wmargin_", "wattn_"))]:
+            del frow[key]
+        frow.update(candidate=row["candidate"] + "+fit", test_acc=float(rel["fused/acc"]))
+        frow.update(test_ece=float(rel["fused/ece"]), fit_log_evidence=wfit, fit_alpha=alpha, fit_beta=beta)
+        frow.pop("temperature", None)
+        fpred = logits.argmax(1)
+        fcorrect = fpred == y
+        if wfit > 0:
+            frow.update(_decision_counts(fpred, E, y))
+        M = per_mod.shape[1]
+        logp = (out.unimodal_probs + model.mm_loss.spec.log_evidence_floor).log()
+        fper = per_mod - (w / M) * logp + (wfit / M) * logp
+        fmw = margin_weights(fper, base + wfit * E)
+        frow["attr_margin"] = _attr(fmw, fcorrect, informative)
+        frow.update(_weights_summary("wmargin", fmw, names))
+        rows.append(frow)
+    return rows
