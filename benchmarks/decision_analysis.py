@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from lightning_mmloss.functional import log_evidence_logits, modality_reliability
+from lightning_mmloss.functional.fusion import _margin_shares
 
 
 def _parts(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Any]:
@@ -41,19 +42,6 @@ def _parts(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor
         E = log_evidence_logits(u, log_evidence=1.0, log_evidence_floor=spec.log_evidence_floor)
         per_mod = out.modality_logits * t
     return base, E, per_mod, out
-
-
-def margin_weights(per_mod: Tensor, logits: Tensor) -> Tensor:
-    """Each modality's share of the predicted class's margin over the runner-up, ``(B, M)`` (negatives count 0).
-
-    The library's ``modality_weights`` since issue 26; here for the refitted decision weight's split.
-    """
-    top2 = logits.topk(2, dim=1).indices
-    B, M, _ = per_mod.shape
-    d = per_mod.gather(2, top2[:, None, 0:1].expand(B, M, 1)) - per_mod.gather(2, top2[:, None, 1:2].expand(B, M, 1))
-    d = d.squeeze(2).clamp_min(0)
-    tot = d.sum(1, keepdim=True)
-    return torch.where(tot > 0, d / tot.clamp_min(1e-30), 1.0 / M)
 
 
 def _attr(weights: Tensor, correct: Tensor, informative: Tensor) -> float:
@@ -125,7 +113,7 @@ def decision_rows(model: Any, dm: Any, row: dict[str, Any], fit: bool = False) -
         row.update(_decision_counts(pred, E, y))
         row["span_evidence"] = float((w * E).amax(1).sub((w * E).amin(1)).median())
         row["span_sh"] = float(base.amax(1).sub(base.amin(1)).median())
-    mw = out.modality_weights  # the library's: each modality's share of the margin (margin_weights below)
+    mw = out.modality_weights  # the library's: each modality's share of the margin
     row["attr_margin"] = _attr(mw, correct, informative)
     row.update(_weights_summary("wmargin", mw, names))
     row.update(_weights_summary("wattn", out.modality_weights, names))
@@ -151,7 +139,7 @@ def decision_rows(model: Any, dm: Any, row: dict[str, Any], fit: bool = False) -
         M = per_mod.shape[1]
         logp = (out.unimodal_probs + model.mm_loss.spec.log_evidence_floor).log()
         fper = per_mod - (w / M) * logp + (wfit / M) * logp
-        fmw = margin_weights(fper, base + wfit * E)
+        fmw = _margin_shares(fper, base + wfit * E, None)
         frow["attr_margin"] = _attr(fmw, fcorrect, informative)
         frow.update(_weights_summary("wmargin", fmw, names))
         rows.append(frow)

@@ -513,26 +513,31 @@ def _evidence_logits(u: Tensor, mask: Tensor | None, spec: FusionOptions) -> Ten
 
 
 def _mean_log_probs(p: Tensor, mask: Tensor | None, floor: float) -> Tensor:
-    """``mean_m log(p_m + floor)`` over the present modalities, ``(B, C)`` (0 where none is present).
+    """``mean_m log(p_m + floor)`` over the present modalities, ``(B, C)`` (0 where none is present)."""
+    return _log_prob_shares(p, mask, floor).sum(dim=1)
+
+
+def _log_prob_shares(p: Tensor, mask: Tensor | None, floor: float) -> Tensor:
+    """Each modality's share of ``mean_m log(p_m + floor)``, ``(B, M, C)``: ``log(p_m + floor) / M'``, or 0 if absent.
 
     The one formula of the log-evidence (unweighted): the fusion's term, the fitted decision
     weight's term and their split by modality all read it.
     """
     logp = (p + floor).log()
     if mask is None:
-        return logp.mean(dim=1)
-    keep = mask[:, :, None].to(logp.dtype)
-    return (logp * keep).sum(dim=1).div_(keep.sum(dim=1).clamp_min(1.0))
+        return logp.div_(p.shape[1])
+    keep = mask.to(logp.dtype)
+    return logp.mul_((keep / keep.sum(dim=1, keepdim=True).clamp_min(1.0))[:, :, None])
 
 
-def _modality_logits(raw: _Raw, spec: FusionSpec, mask: Tensor | None, evidence_weight: Tensor | float) -> Tensor:
+def _modality_logits(raw: _Raw, spec: FusionSpec, evidence_shares: Tensor | None) -> Tensor:
     """The fused logit split by modality, ``(B, M, C)``, summing to ``raw.logits`` (detached).
 
     Exact, because every part of ``o`` is a sum over the modalities once the softmaxes are read
     off: ``h = sum_m (1 + a_m) p_m``; the pooled similarity ``sum_k q_ck S_ck`` with
     ``S_ck = sum_m zhat_m . P_ck,m`` (the cosine similarity split by modality block); and the
-    log-evidence ``(w / M') sum_m log(p_m + floor)`` over the ``M'`` present modalities, with
-    ``w = evidence_weight`` (the configured weight plus a fitted one).
+    log-evidence ``(w / M') sum_m log(p_m + floor)`` over the ``M'`` present modalities, given
+    weighted as ``evidence_shares`` (``None``: no log-evidence).
     """
     assert raw.scores is not None and raw.scaled_similarity is not None and raw.proxies is not None
     p = raw.scores
@@ -545,11 +550,8 @@ def _modality_logits(raw: _Raw, spec: FusionSpec, mask: Tensor | None, evidence_
     per_block = torch.einsum("bmd,ckmd->bmck", zhat, raw.proxies.view(C, K, M, C))  # S split by block
     parts = (per_block * q.unsqueeze(1)).sum(dim=3)
     parts += p if raw.attended is None else (1 + raw.attended.view(B, M, C)) * p
-    if isinstance(evidence_weight, Tensor) or evidence_weight:
-        logp = (p + spec.log_evidence_floor).log()
-        keep = p.new_ones(B, M) if mask is None else mask.to(p.dtype)
-        scale = keep / keep.sum(dim=1, keepdim=True).clamp_min(1.0) * evidence_weight
-        parts += logp * scale[:, :, None]
+    if evidence_shares is not None:
+        parts += evidence_shares
     return parts
 
 
@@ -582,9 +584,13 @@ def _analytics(
     assert raw.scaled_similarity is not None and raw.attention is not None and raw.scores is not None
     logits, evidence = raw.logits, raw.evidence
     weight: Tensor | float = spec.log_evidence
+    shares = None
+    if evidence_weight is not None or weight:
+        shares = _log_prob_shares(raw.scores, raw.mask, spec.log_evidence_floor)
     if evidence_weight is not None:  # a detached offset: the fitted decision weight's share of the evidence
+        assert shares is not None
         ew = evidence_weight.to(logits.dtype)
-        extra = _mean_log_probs(raw.scores, raw.mask, spec.log_evidence_floor) * ew
+        extra = shares.sum(dim=1) * ew
         logits, weight = logits + extra, ew + spec.log_evidence
         evidence = extra if evidence is None else evidence + extra
     inv_t = None if temperature is None else temperature.to(logits.dtype).reciprocal()
@@ -595,7 +601,7 @@ def _analytics(
         B, _, C = p.shape
         sim = (raw.scaled_similarity * spec.gamma).contiguous()
         subgroup = sim.view(B, C * spec.proxies_per_class).argmax(dim=-1)
-        parts = _modality_logits(raw, spec, raw.mask, weight)
+        parts = _modality_logits(raw, spec, None if shares is None else shares * weight)
         evidence = evidence if evidence is not None else raw.logits.new_zeros(B, C)
         attention_logits = raw.logits.detach() - (raw.evidence if raw.evidence is not None else 0.0)
         if inv_t is not None:
@@ -617,12 +623,22 @@ def _analytics(
 def _spec_from(u: Tensor, weight: Tensor, options: FusionOptions) -> FusionSpec:
     """The :class:`FusionSpec` of an input ``(B, M, C)``, a proxy parameter and the options."""
     _, M, C = u.shape
-    if C < 2:
-        raise ValueError(
-            f"Expected argument `unimodal_logits` to have C >= 2 classes (shape (B, M, C)), but got C={C}."
-        )
     K = V.check_weight(weight, M, C)
     return FusionSpec(num_classes=C, num_modalities=M, proxies_per_class=K, **dataclasses.asdict(options))
+
+
+def _stacked(
+    unimodal_logits: UnimodalInput, modality_names: Sequence[str] | None
+) -> tuple[Tensor, tuple[str, ...] | None]:
+    """The input as a checked ``(B, M, C)`` tensor with ``C >= 2``, and the checked names."""
+    names = V.check_names("modality_names", modality_names)
+    u = V.coerce_unimodal(unimodal_logits, names, None if names is None else len(names))
+    V.check_unimodal_tensor(u, None if names is None else len(names), None)
+    if u.shape[2] < 2:
+        raise ValueError(
+            f"Expected argument `unimodal_logits` to have C >= 2 classes (shape (B, M, C)), but got C={u.shape[2]}."
+        )
+    return u, names
 
 
 def _prepare(
@@ -637,9 +653,7 @@ def _prepare(
 
     The one place where the functional layer checks its inputs.
     """
-    names = V.check_names("modality_names", modality_names)
-    u = V.coerce_unimodal(unimodal_logits, names, None if names is None else len(names))
-    V.check_unimodal_tensor(u, None if names is None else len(names), None)
+    u, names = _stacked(unimodal_logits, modality_names)
     spec = _spec_from(u, weight, options)
     mask = V.check_mask(modality_mask, u.shape[0], u.shape[1], u.device)
     if validate_args:
@@ -771,13 +785,7 @@ def log_evidence_logits(
         tensor([[0., 0.]])
     """
     opts = _options(options, option_kwargs)
-    names = V.check_names("modality_names", modality_names)
-    u = V.coerce_unimodal(unimodal_logits, names, None if names is None else len(names))
-    V.check_unimodal_tensor(u, None if names is None else len(names), None)
-    if u.shape[2] < 2:
-        raise ValueError(
-            f"Expected argument `unimodal_logits` to have C >= 2 classes (shape (B, M, C)), but got C={u.shape[2]}."
-        )
+    u, names = _stacked(unimodal_logits, modality_names)
     mask = V.check_mask(modality_mask, u.shape[0], u.shape[1], u.device)
     if validate_args:
         V.check_values(u, mask, opts.activation, names)
