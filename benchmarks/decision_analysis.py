@@ -11,7 +11,9 @@ For one trained ``MultiModalClassifier`` and its test split:
   runner-up (``attr_margin``), beside the attention weights of today's definition;
 - for data without ground truth: the mean weight and top-weighted share per modality;
 - with ``fit=True``, a second row: the log-evidence's decision weight and the temperature fitted on
-  the validation split by NLL (``softmax(alpha (s + h) + beta E)``, convex in ``alpha, beta``).
+  the validation split by NLL (``softmax(alpha (s + h) + beta E)``, convex in ``alpha, beta``), by
+  the library's :func:`~lightning_mmloss.metrics.fit_decision` (the default's calibration since issue 26;
+  the rows of ``results/design/issue26_*.csv`` came from an L-BFGS fit of the same objective).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import Tensor
 
 from lightning_mmloss.functional import log_evidence_logits, modality_reliability
 from lightning_mmloss.functional.fusion import _margin_shares
+from lightning_mmloss.metrics import fit_decision
 
 
 def _parts(model: Any, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor, Any]:
@@ -62,29 +65,6 @@ def _weights_summary(prefix: str, weights: Tensor, names: list[str]) -> dict[str
     return row
 
 
-def _fit_alpha_beta(base: Tensor, E: Tensor, y: Tensor) -> tuple[float, float]:
-    """``argmin NLL(softmax(alpha base + beta E), y)`` over ``alpha > 0, beta >= 0`` (convex; L-BFGS)."""
-    base, E = base.double(), E.double()
-    best = (math.inf, 1.0, 0.0)
-    for beta0 in (0.0, 0.1, 1.0):  # starts; the problem is convex, these only guard the parametrisation
-        x = torch.tensor([0.0, math.log(beta0 + 1e-3)], dtype=torch.float64, requires_grad=True)
-        opt = torch.optim.LBFGS([x], lr=1, max_iter=200, line_search_fn="strong_wolfe", tolerance_grad=1e-10)
-
-        def closure(x: Tensor = x, opt: torch.optim.LBFGS = opt) -> Tensor:
-            opt.zero_grad()
-            nll = torch.nn.functional.cross_entropy(x[0].exp() * base + x[1].exp() * E, y)
-            nll.backward()
-            return nll
-
-        opt.step(closure)
-        with torch.no_grad():
-            alpha, beta = float(x[0].exp()), float(x[1].exp())
-            nll = float(torch.nn.functional.cross_entropy(alpha * base + beta * E, y))
-        if nll < best[0]:
-            best = (nll, alpha, beta)
-    return best[1], best[2]
-
-
 def _decision_counts(pred: Tensor, E: Tensor, y: Tensor) -> dict[str, float]:
     """How many decisions ``s + h`` changes against the log-evidence ``E`` alone, for the better and the worse."""
     alone = E.argmax(1)
@@ -104,7 +84,8 @@ def decision_rows(model: Any, dm: Any, row: dict[str, Any], fit: bool = False) -
     test = dm.splits["test"].as_batch()
     y, informative = test["target"], test["informative"]
     base, E, per_mod, out = _parts(model, test)
-    w = model.mm_loss.spec.log_evidence
+    # the trained weight plus the one the calibration fitted (0 unless calibrate=True fitted it)
+    w = model.mm_loss.spec.log_evidence + float(model.mm_loss.evidence_weight)
     raw = base + w * E
     pred = raw.argmax(1)
     correct = pred == y
@@ -121,8 +102,9 @@ def decision_rows(model: Any, dm: Any, row: dict[str, Any], fit: bool = False) -
     if fit:
         val = dm.splits["val"].as_batch()
         vbase, vE, _, _ = _parts(model, val)
-        alpha, beta = _fit_alpha_beta(vbase, vE, val["target"])
-        wfit = beta / alpha
+        # the library's fit (the mixin's calibration), on s + h: the candidates fitted train at log_evidence=0
+        temperature, wfit = fit_decision(vbase, vE, val["target"])
+        alpha, beta = 1 / temperature, wfit / temperature
         logits = alpha * base + beta * E
         fused = logits.softmax(-1)
         rel = modality_reliability(out.unimodal_probs, fused, y, modalities=names)

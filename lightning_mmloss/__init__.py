@@ -30,9 +30,11 @@ _LAZY = {
     "ModalityReliability": "lightning_mmloss.metrics",
     "SubgroupStatistics": "lightning_mmloss.metrics",
     "TemperatureFit": "lightning_mmloss.metrics",
+    "DecisionFit": "lightning_mmloss.metrics",
 }
 
 __all__ = [
+    "DecisionFit",
     "FusionOutput",
     "ModalityAgreement",
     "ModalityReliability",

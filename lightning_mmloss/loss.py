@@ -17,6 +17,7 @@ from lightning_mmloss.functional.fusion import (
     FusionSpec,
     UnimodalInput,
     _analytics,
+    _decision_logits,
     _fuse,
     normalized_proxies,
 )
@@ -46,9 +47,17 @@ class MultiModalLoss(nn.Module):
 
     where :math:`q` is a softmax of :math:`S/\gamma` over classes for each proxy index
     (``pooling="reference"``) or over proxies within a class (``"softtriple"``), and the
-    log-evidence (weight :math:`\lambda` = ``log_evidence``, 20 by default, 0 in the paper) is a
+    log-evidence (weight :math:`\lambda` = ``log_evidence``, 0 by default as in the paper) is a
     fixed offset: the heads get no gradient through it. Its floor, :math:`10^{-4}`, bounds how far one head
     can push a class down, so that a head gone wrong on unseen input cannot veto the others.
+
+    The decision (:meth:`fuse`, :meth:`fused_logits`, :meth:`shapley`) is calibrated:
+    :math:`(o_c + w E_c) / T` with :math:`E_c = \tfrac{1}{M} \sum_m \log(p_{mc} + 10^{-4})`, the
+    temperature :math:`T` and the evidence weight :math:`w \ge 0` fitted together on held-out
+    data (by :class:`~lightning_mmloss.MultiModalLossMixin` after every validation epoch, or
+    :class:`~lightning_mmloss.metrics.DecisionFit`); :math:`T = 1, w = 0` until then. Held-out
+    data thus choose how far the decision follows the heads' product (late fusion's rule) rather
+    than the paper's :math:`s + h`; the training loss never uses them.
 
     As input to ``forward``:
         - ``unimodal_logits``: ``(B, M, C)`` tensor, a sequence of ``M`` ``(B, C)`` tensors, or a
@@ -71,10 +80,10 @@ class MultiModalLoss(nn.Module):
         backend: ``"fused"`` (default: hand-written backward, the fastest) or ``"autograd"``
             (plain torch ops: supports double backward and ``torch.func`` transforms).
         log_evidence: weight ``>= 0`` of the heads' mean floored log-probability
-            (``log(p + 1e-4)``) added to the fused logits as a fixed offset (no gradient into the
-            heads; see :class:`~lightning_mmloss.functional.FusionOptions`). The default, 20,
-            lets one sure head outweigh several mildly wrong ones, as late fusion does on clean
-            data; 0: the paper's fused logit.
+            (``log(p + 1e-4)``) added to the training loss's fused logits as a fixed offset (no
+            gradient into the heads; see :class:`~lightning_mmloss.functional.FusionOptions`).
+            Default 0: the paper's fused logit in training; the decision's weight is fitted on
+            held-out data instead (:attr:`evidence_weight`).
         log_evidence_floor: the floor ``f`` of ``log(p + f)``, in ``(0, 1]`` (default ``1e-4``).
         class_weight: optional per-class weight ``(C,)`` for the cross-entropy (its ``weight``;
             renamed because ``MultiModalLoss.weight`` is the proxy parameter).
@@ -91,13 +100,16 @@ class MultiModalLoss(nn.Module):
             See :meth:`reset_parameters`.
 
     The paper's exact loss is one switch away: ``MultiModalLoss(C, M, **PAPER_OPTIONS)``
-    (``aux_weight=0``, ``proxy_init="kaiming"``, ``log_evidence=0``).
+    (``aux_weight=0``, ``proxy_init="kaiming"``, ``log_evidence=0``); its decision is ``s + h``
+    as long as the evidence weight is not fitted (``calibrate="temperature"`` or ``False`` in the mixin).
 
     Attributes:
         weight: the ``(C*K, M*C)`` proxy parameter, row ``c*K + k`` is proxy ``k`` of class ``c``.
-        temperature: buffer ``()``, the temperature of the fused probabilities returned by
+        temperature: buffer ``()``, the temperature ``T`` of the decision returned by
             :meth:`fuse`, :meth:`fused_logits` and :meth:`shapley` (1 until fitted on held-out
             data, e.g. by the mixin's calibration; the training loss never uses it).
+        evidence_weight: buffer ``()``, the decision's weight ``w >= 0`` of the heads' evidence
+            ``E`` (0 until fitted with the temperature; the training loss never uses it).
 
     Example::
 
@@ -127,7 +139,7 @@ class MultiModalLoss(nn.Module):
         normalize_proxies: bool = True,
         activation: str = "softmax",
         backend: str = "fused",
-        log_evidence: float = 20.0,
+        log_evidence: float = 0.0,
         log_evidence_floor: float = 1e-4,
         class_weight: Tensor | Sequence[float] | None = None,
         label_smoothing: float = 0.0,
@@ -184,6 +196,9 @@ class MultiModalLoss(nn.Module):
         # Temperature of the fused probabilities (analytics and predictions only; the training
         # loss uses the raw fused logits). 1 until fitted on held-out data, e.g. by the mixin.
         self.register_buffer("temperature", torch.ones((), device=device, dtype=torch.float32))
+        # The fitted decision weight of the heads' evidence, ``w``: the decision's logits are
+        # ``(o + w * mean_m log(p_m + floor)) / temperature``. 0 until fitted with the temperature.
+        self.register_buffer("evidence_weight", torch.zeros((), device=device, dtype=torch.float32))
         self.proxy_init = V.check_choice("proxy_init", proxy_init, PROXY_INITS)
         self.reset_parameters()
 
@@ -216,7 +231,7 @@ class MultiModalLoss(nn.Module):
         return self.spec.gamma
 
     def reset_parameters(self) -> None:
-        """Initialise ``weight`` as ``proxy_init`` says (and the temperature to 1).
+        """Initialise ``weight`` as ``proxy_init`` says (and the calibration: temperature 1, evidence weight 0).
 
         ``"class"``: proxy ``k`` of class ``c`` starts as "every modality's score for class ``c``"
         (ones on the columns ``m*C + c``) plus a tenth of ``nn.Linear``'s initialisation, which
@@ -226,6 +241,7 @@ class MultiModalLoss(nn.Module):
         initialises its transposed layer.
         """
         self.temperature.fill_(1.0)
+        self.evidence_weight.fill_(0.0)
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         if self.proxy_init == "class":
             # Why: with random proxies, the similarity term is symmetric under renaming a head's
@@ -278,6 +294,17 @@ class MultiModalLoss(nn.Module):
             raise ValueError(
                 f"Expected the state's `{prefix}temperature` to be one finite value > 0, but got {temperature!r}; "
                 "a temperature <= 0 would flip or break the fused probabilities."
+            )
+        weight = state_dict.setdefault(prefix + "evidence_weight", self.evidence_weight.detach().clone())
+        if not (
+            isinstance(weight, Tensor)
+            and weight.numel() == 1
+            and bool(torch.isfinite(weight).all())
+            and float(weight) >= 0
+        ):
+            raise ValueError(
+                f"Expected the state's `{prefix}evidence_weight` to be one finite value >= 0, but got {weight!r}; "
+                "a negative weight would reward the classes the heads rule out."
             )
         # ... and before the configuration was saved: nothing to compare
         extra = state_dict.setdefault(prefix + "_extra_state", None)
@@ -346,16 +373,19 @@ class MultiModalLoss(nn.Module):
     ) -> tuple[FusionOutput, Tensor]:
         """:meth:`fuse` and the loss from one fusion pass (evaluation steps): ``(fusion, loss)``."""
         loss, _, _, raw = self._loss(unimodal_logits, target, modality_mask, analytics=True)
-        return _analytics(raw, self.spec, self.temperature), loss
+        return _analytics(raw, self.spec, self.temperature, self.evidence_weight), loss
 
     def stack_logits(self, unimodal_logits: UnimodalInput) -> Tensor:
         """Checked ``(B, M, C)`` tensor from any accepted input form (mapping, sequence, tensor)."""
         return self._prepare(unimodal_logits, None)[0]
 
     def fused_logits(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> Tensor:
-        """Calibrated fused logits ``(B, C)`` only (divided by :attr:`temperature`): the cheap path for prediction."""
+        """The decision's logits ``(B, C)`` only: the cheap path for prediction.
+
+        ``(o + evidence_weight * E) / temperature``, with the fitted calibration (see :attr:`evidence_weight`).
+        """
         u, mask = self._prepare_checked(unimodal_logits, modality_mask)
-        logits = _fuse(u, self.weight, mask, self.spec).logits
+        logits = _decision_logits(u, self.weight, mask, self.spec, self.evidence_weight)
         return (logits / self.temperature.to(logits.dtype)).contiguous()
 
     def fuse(self, unimodal_logits: UnimodalInput, modality_mask: Tensor | None = None) -> FusionOutput:
@@ -365,7 +395,8 @@ class MultiModalLoss(nn.Module):
             A :class:`~lightning_mmloss.functional.FusionOutput`; its ``logits`` carry gradient.
         """
         u, mask = self._prepare_checked(unimodal_logits, modality_mask)
-        return _analytics(_fuse(u, self.weight, mask, self.spec, analytics=True), self.spec, self.temperature)
+        raw = _fuse(u, self.weight, mask, self.spec, analytics=True)
+        return _analytics(raw, self.spec, self.temperature, self.evidence_weight)
 
     def shapley(
         self,
@@ -380,7 +411,8 @@ class MultiModalLoss(nn.Module):
         """
         u, mask = self._prepare_checked(unimodal_logits, modality_mask)
         # checked once, here: straight to the computation
-        return _shapley(u, self.weight, mask, self.spec, target_class, max_rows, self.temperature.reciprocal())
+        scale = self.temperature.reciprocal()
+        return _shapley(u, self.weight, mask, self.spec, target_class, max_rows, scale, self.evidence_weight)
 
     def extra_repr(self) -> str:
         """Configuration shown by ``repr``."""

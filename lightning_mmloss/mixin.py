@@ -15,10 +15,10 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from lightning_mmloss import _validation as V
 from lightning_mmloss.baselines import FUSIONS, BaselineFusion
-from lightning_mmloss.functional.fusion import UnimodalInput, _analytics, _fuse
+from lightning_mmloss.functional.fusion import UnimodalInput, _analytics, _fuse, _mean_log_probs
 from lightning_mmloss.functional.losses import cross_entropy_from_fused
 from lightning_mmloss.loss import MultiModalLoss
-from lightning_mmloss.metrics.temperature import TemperatureFit
+from lightning_mmloss.metrics.calibration import DecisionFit, TemperatureFit
 from lightning_mmloss.step_output import MultiModalStepOutput
 
 _NOT_CONFIGURED = (
@@ -55,17 +55,22 @@ class MultiModalLossMixin:
     synchronised across processes). With the loss's ``aux_weight > 0`` (the default) also
     ``train/fused_loss`` and ``train/aux_loss``: the fused cross-entropy and the mean unimodal
     cross-entropy of the present heads; ``train/loss = fused_loss + aux_weight * aux_loss``. With
-    ``calibrate=True`` (the default) also ``val/temperature`` during ``fit``, the temperature the
-    epoch's fused probabilities used (fitted on the previous validation epoch; 1 before the first).
+    calibration (the default) also ``val/temperature`` during ``fit``, the temperature the epoch's
+    fused probabilities used (fitted on the previous validation epoch; 1 before the first), and
+    for the MultiModal loss ``val/evidence_weight``, the decision's weight of the heads' evidence.
 
     Calibration is part of fitting: at the end of every validation epoch of ``trainer.fit`` the
-    fused probabilities' temperature is refitted on that epoch's first validation dataloader,
-    whatever computed the validation step (the mixin's or your own). ``trainer.validate``,
-    ``test`` and ``predict`` never change it; :meth:`calibrate_temperature` fits it on demand from
-    a dataloader you name. Why in the mixin rather than a callback (as ``StochasticWeightAveraging``
-    is): the temperature belongs to the model (it is saved with it and used by ``fuse`` and
-    ``predict_step``) and calibrated probabilities are the default, so no callback must be
-    remembered for them.
+    decision is refitted on that epoch's first validation dataloader, whatever computed the
+    validation step (the mixin's or your own). For the MultiModal loss the fit is the
+    temperature ``T`` and the weight ``w`` of the heads' mean floored log-probability ``E``
+    together (:class:`~lightning_mmloss.metrics.DecisionFit`): the decision's logits become
+    ``(o + w E) / T``, so held-out data choose how far the decision follows the heads' product
+    rather than the paper's ``o = s + h`` (``docs/method.md``); the baselines fit the temperature.
+    ``trainer.validate``, ``test`` and ``predict`` never change them; :meth:`calibrate` fits them
+    on demand from a dataloader you name. Why in the mixin rather than a callback (as
+    ``StochasticWeightAveraging`` is): the calibration belongs to the model (it is saved with it
+    and used by ``fuse`` and ``predict_step``) and a calibrated decision is the default, so no
+    callback must be remembered for it.
 
     Example::
 
@@ -91,8 +96,9 @@ class MultiModalLossMixin:
         ...                     enable_model_summary=False)
         >>> net = Net()
         >>> trainer.fit(net, loader, loader)
-        >>> print(*sorted(trainer.callback_metrics))
-        train/aux_loss train/fused_loss train/loss train/loss_epoch train/loss_step val/acc val/loss val/temperature
+        >>> print(*sorted(trainer.callback_metrics))  # doctest: +NORMALIZE_WHITESPACE
+        train/aux_loss train/fused_loss train/loss train/loss_epoch train/loss_step val/acc
+        val/evidence_weight val/loss val/temperature
         >>> fitted = float(net.mm_loss.temperature)
         >>> fitted != 1.0   # fitted on the validation data after every epoch of fit
         True
@@ -113,7 +119,7 @@ class MultiModalLossMixin:
         proxies_per_class: int = 20,
         *,
         fusion: str = "mm",
-        calibrate: bool | None = None,
+        calibrate: bool | str | None = None,
         ogm_alpha: float = 0.1,
         ogm_gaussian: bool = True,
         **loss_kwargs: Any,
@@ -128,11 +134,14 @@ class MultiModalLossMixin:
             fusion: ``"mm"`` (the MultiModal loss) or a baseline on the same heads: ``"late"``,
                 ``"sum"``, ``"concat"``, ``"ogm_ge"``, ``"independent"``
                 (:class:`~lightning_mmloss.baselines.BaselineFusion`).
-            calibrate: fit the fused probabilities' temperature on the first validation
-                dataloader at the end of every validation epoch of ``trainer.fit`` (temperature
-                scaling: the training data are fitted too well to calibrate on). Predicted
-                classes do not change; the probabilities of ``fuse``, ``predict_step`` and the
-                monitor do. Default: ``True`` for ``"mm"``, ``False`` for the baselines.
+            calibrate: fit the decision on the first validation dataloader at the end of every
+                validation epoch of ``trainer.fit`` (the training data are fitted too well to
+                calibrate on). ``True``: for ``"mm"`` the temperature and the evidence weight
+                together (the predicted classes may change: that is the point), for the
+                baselines the temperature; ``"temperature"``: the temperature only (predicted
+                classes never change); ``False``: nothing. What ``fuse``, ``predict_step`` and
+                the monitor report follows the fit. Default: ``True`` for ``"mm"``, ``False``
+                for the baselines.
             ogm_alpha: OGM-GE's ``alpha`` (``fusion="ogm_ge"``).
             ogm_gaussian: OGM-GE's Gaussian enhancement, applied to the parameters that
                 :meth:`modality_parameters` names (``fusion="ogm_ge"``).
@@ -165,8 +174,10 @@ class MultiModalLossMixin:
                 f"own metrics), but got {list(names)}; rename it."
             )
         self.mm_modality_names, self.mm_num_classes = names, V.check_int("num_classes", num_classes, 2)
-        if calibrate is not None and not isinstance(calibrate, bool):
-            raise TypeError(f"Expected argument `calibrate` to be a bool, but got {calibrate!r}.")
+        if calibrate is not None and not isinstance(calibrate, bool) and calibrate != "temperature":
+            raise ValueError(
+                f"Expected argument `calibrate` to be True, False, 'temperature' or None, but got {calibrate!r}."
+            )
         if not isinstance(ogm_gaussian, bool):
             raise TypeError(f"Expected argument `ogm_gaussian` to be a bool, but got {ogm_gaussian!r}.")
         self.mm_ogm_gaussian = ogm_gaussian
@@ -189,8 +200,8 @@ class MultiModalLossMixin:
             self.mm_baseline = module = BaselineFusion(fusion, num_classes, M, ignore, ogm_alpha)
         self.mm_ignore_index = ignore
         calibrate = fusion == "mm" if calibrate is None else calibrate
-        # the fused logits it sees were checked by the fusion: no second sync per batch
-        self.mm_temperature_fit = TemperatureFit(ignore_index=ignore, validate_args=False) if calibrate else None
+        self.mm_calibrate = calibrate
+        self.mm_calibration = self._new_calibration(ignore) if calibrate else None
         self.mm_accuracy = _accuracies(num_classes, ignore)
         return module
 
@@ -213,6 +224,15 @@ class MultiModalLossMixin:
     def _temperature(self) -> Tensor:
         """The fused probabilities' temperature buffer (the MultiModal loss's or the baseline's)."""
         return self._mm_loss().temperature if self.mm_fusion == "mm" else self.mm_baseline.temperature
+
+    def _fits_evidence(self) -> bool:
+        """Whether calibration fits the evidence weight too (the MultiModal loss, ``calibrate=True``)."""
+        return self.mm_fusion == "mm" and self.__dict__.get("mm_calibrate", True) is True
+
+    def _new_calibration(self, ignore_index: int) -> TemperatureFit:
+        # the fused logits it sees were checked by the fusion: no second sync per batch
+        kind = DecisionFit if self._fits_evidence() else TemperatureFit
+        return kind(ignore_index=ignore_index, validate_args=False)
 
     # -- what the user provides (or overrides) ---------------------------------------------
     def unimodal_logits(self, batch: Any) -> UnimodalInput:
@@ -395,7 +415,7 @@ class MultiModalLossMixin:
         else:
             u, mask = loss_fn._prepare_checked(u, mask)
             raw = _fuse(u, loss_fn.weight, mask, loss_fn.spec, analytics=True)
-        fusion = _analytics(raw, loss_fn.spec, loss_fn.temperature)
+        fusion = _analytics(raw, loss_fn.spec, loss_fn.temperature, loss_fn.evidence_weight)
         return MultiModalStepOutput(
             unimodal_logits=u.detach(),
             unimodal_probs=fusion.unimodal_probs,
@@ -534,66 +554,128 @@ class MultiModalLossMixin:
 
     # -- calibration ------------------------------------------------------------------------
     def _calibrating(self, dataloader_idx: int = 0) -> bool:
-        """Whether this validation batch calibrates: ``calibrate=True``, in ``fit``, no sanity check, loader 0."""
+        """Whether this validation batch calibrates: calibration on, in ``fit``, no sanity check, loader 0."""
         trainer = self.trainer  # type: ignore[attr-defined]
         return (
-            getattr(self, "mm_temperature_fit", None) is not None
+            getattr(self, "mm_calibration", None) is not None
             and trainer.state.fn == TrainerFn.FITTING
             and not trainer.sanity_checking
             and dataloader_idx == 0
         )
 
+    def _calibration_update(self, fit: TemperatureFit, out: MultiModalStepOutput) -> None:
+        if out.target is None:
+            raise ValueError(
+                "Expected the validation step's MultiModalStepOutput to carry the target (the calibration fits on "
+                "it), but got target=None: build it with `self.multimodal_step(batch)` (with_target=True), or pass "
+                "`calibrate=False` to `configure_multimodal`."
+            )
+        if isinstance(fit, DecisionFit):
+            # the evidence at weight 1: the term the decision weight multiplies (FusionOutput.evidence_logits)
+            floor = self._mm_loss().spec.log_evidence_floor
+            fit.update(out.logits, out.target, _mean_log_probs(out.unimodal_probs, out.modality_mask, floor))
+        else:
+            fit.update(out.logits, out.target)
+
+    def _set_calibration(self, fitted: Tensor | dict[str, Tensor]) -> dict[str, float]:
+        """Write a fit's result into the buffers; returns what the decision now uses."""
+        temperature = fitted["temperature"] if isinstance(fitted, dict) else fitted
+        self._temperature().fill_(float(temperature))
+        result = {"temperature": float(temperature)}
+        if self.mm_fusion == "mm":
+            weight = self._mm_loss().evidence_weight
+            if isinstance(fitted, dict):
+                weight.fill_(float(fitted["evidence_weight"]))
+            result["evidence_weight"] = float(weight)
+        return result
+
     def on_validation_batch_end(self, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         """Calibration: collect the raw fused logits of ``fit``'s validation data (any validation step)."""
         super().on_validation_batch_end(outputs, batch, batch_idx, dataloader_idx)  # type: ignore[misc]
-        if not self._calibrating(dataloader_idx):
-            return
-        out = self.step_output(outputs, batch)
-        assert out.target is not None
-        self.mm_temperature_fit.update(out.logits, out.target)
+        if self._calibrating(dataloader_idx):
+            self._calibration_update(self.mm_calibration, self.step_output(outputs, batch))
 
     def on_validation_epoch_end(self) -> None:
-        """Calibration: log the temperature this epoch used, then refit it on this epoch's data (``fit`` only)."""
+        """Calibration: log what this epoch's decision used, then refit it on this epoch's data (``fit`` only)."""
         super().on_validation_epoch_end()  # type: ignore[misc]
         self.__dict__.pop("_mm_step_cache", None)  # do not keep the epoch's last batch alive
-        fit = getattr(self, "mm_temperature_fit", None)
+        fit = getattr(self, "mm_calibration", None)
         if fit is None or not self._calibrating() or not fit.update_called:
             return
+        log = self.log  # type: ignore[attr-defined]
+        # the same on every rank (fitted from synchronised data); sync_dist keeps Lightning quiet
         current = self._temperature()
-        # the same on every rank (fitted from synchronised statistics); sync_dist keeps Lightning quiet
-        self.log("val/temperature", current.detach().clone(), on_epoch=True, sync_dist=True)  # type: ignore[attr-defined]
-        temperature = fit.compute()  # synchronised over processes: every rank sets the same value
-        current.fill_(float(temperature))
+        log("val/temperature", current.detach().clone(), on_epoch=True, sync_dist=True)
+        if isinstance(fit, DecisionFit):
+            log("val/evidence_weight", self._mm_loss().evidence_weight.detach().clone(), on_epoch=True, sync_dist=True)
+        strategy = self.trainer.strategy  # type: ignore[attr-defined]
+        kept = strategy.reduce(torch.tensor(float(fit.num_samples), device=current.device), reduce_op="sum")
+        if float(kept) == 0:  # every target ignored: nothing to fit on, keep what was fitted
+            rank_zero_warn(
+                "Every validation target of this epoch is `ignore_index`, so the calibration was not refitted: the "
+                "decision keeps its temperature (and evidence weight)."
+            )
+        else:
+            self._set_calibration(fit.compute())  # synchronised over processes: every rank sets the same values
         fit.reset()
 
-    def calibrate_temperature(self, dataloader: Iterable[Any]) -> float:
-        """Fit the fused probabilities' temperature on ``dataloader`` now, set it, and return it.
+    def calibrate(self, dataloader: Iterable[Any]) -> dict[str, float]:
+        """Fit the decision's calibration on ``dataloader`` now, set it, and return it.
 
-        For calibration on data of your choosing (e.g. a held-out calibration split after
-        training). Runs in eval mode without gradient on the model's device; the model's
-        training mode is restored after.
+        The fit of ``trainer.fit``'s calibration, on data of your choosing (e.g. a held-out
+        calibration split after training): for the MultiModal loss the temperature and the
+        evidence weight together (the temperature only with ``calibrate="temperature"``), for the
+        baselines the temperature. Runs in eval mode without gradient on the model's device; the
+        model's training mode is restored after.
+
+        Returns:
+            ``{"temperature": T}``, and for the MultiModal loss ``"evidence_weight": w``.
+
+        Example::
+
+            fitted = net.calibrate(calibration_loader)   # {"temperature": ..., "evidence_weight": ...}
+        """
+        self._check_configured()
+        mode = self.__dict__.get("mm_calibrate") or True
+        kind = DecisionFit if self.mm_fusion == "mm" and mode is True else TemperatureFit
+        return self._set_calibration(self._fit_on(dataloader, kind))
+
+    def calibrate_temperature(self, dataloader: Iterable[Any]) -> float:
+        """Fit only the fused probabilities' temperature on ``dataloader`` now, set it, and return it.
+
+        The evidence weight stays as it is, so predicted classes do not change. See :meth:`calibrate`.
 
         Example::
 
             temperature = net.calibrate_temperature(calibration_loader)
         """
+        self._check_configured()
+        return self._set_calibration(self._fit_on(dataloader, TemperatureFit))["temperature"]
+
+    def _fit_on(self, dataloader: Iterable[Any], kind: type[TemperatureFit]) -> Tensor | dict[str, Tensor]:
+        if isinstance(dataloader, (Mapping, Tensor, str, bytes)) or not isinstance(dataloader, Iterable):
+            raise TypeError(
+                "Expected argument `dataloader` to be an iterable of batches (a DataLoader, or a list of batches), "
+                f"but got {type(dataloader).__name__}" + (" (a batch?)." if isinstance(dataloader, Mapping) else ".")
+            )
         current = self._temperature()
-        fit = TemperatureFit(ignore_index=self.mm_ignore_index, validate_args=False).to(current.device)
+        fit = kind(ignore_index=self.mm_ignore_index, validate_args=False).to(current.device)
         was_training = self.training  # type: ignore[attr-defined]
         self.eval()  # type: ignore[attr-defined]
         try:
             with torch.no_grad():
                 for batch in dataloader:
-                    out = self.multimodal_step(move_data_to_device(batch, current.device))
-                    assert out.target is not None
-                    fit.update(out.logits, out.target)
+                    self._calibration_update(fit, self.multimodal_step(move_data_to_device(batch, current.device)))
         finally:
             self.train(was_training)  # type: ignore[attr-defined]
         if not fit.update_called:
             raise ValueError("Expected argument `dataloader` to yield at least one batch, but it yielded none.")
-        temperature = float(fit.compute())
-        current.fill_(temperature)
-        return temperature
+        if not fit.num_samples:
+            raise ValueError(
+                f"Expected argument `dataloader` to yield at least one target other than ignore_index="
+                f"{self.mm_ignore_index}, but every target was ignored; the calibration was left as it was."
+            )
+        return fit.compute()
 
     def on_train_start(self) -> None:
         """Warn once when the proxies are trainable but in no optimizer (they would never move)."""

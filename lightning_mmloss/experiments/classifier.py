@@ -78,8 +78,8 @@ class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
             calibration).
         aux_weight: ``"mm"``: weight of the auxiliary unimodal cross-entropy (``None``: the
             recipe's, 0.5 by default and 0 for the paper).
-        calibrate: ``"mm"``: fit the fused temperature on the validation data (``None``: the
-            recipe's).
+        calibrate: ``"mm"``: the mixin's fit-time calibration on the validation data (``True``:
+            temperature and evidence weight, ``"temperature"``, ``False``; ``None``: the recipe's).
         ogm_alpha: OGM-GE's ``alpha``.
         ogm_gaussian: add OGM-GE's Gaussian enhancement.
         loss_options: further :class:`~lightning_mmloss.MultiModalLoss` options (``"mm"``).
@@ -106,7 +106,7 @@ class MultiModalClassifier(MultiModalLossMixin, L.LightningModule):
         gamma: float = 0.1,
         recipe: str = "default",
         aux_weight: float | None = None,
-        calibrate: bool | None = None,
+        calibrate: bool | str | None = None,
         ogm_alpha: float = 0.1,
         ogm_gaussian: bool = True,
         loss_options: dict[str, Any] | None = None,

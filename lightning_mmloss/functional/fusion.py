@@ -54,8 +54,10 @@ class FusionOptions:
             ``o = (s + h) + w * mean_m log(p_m + floor)`` over the present modalities (what
             late fusion sums, floored so that no single head can veto a class), as a fixed
             offset: no gradient flows into the heads through it (:func:`log_evidence_logits`).
-            Default 20 (design decision Q5 in benchmarks/README.md; Q6 measures it against 0, 1, 5
-            and a weight fitted on validation data); 0: the paper's fused logit ``o = s + h``.
+            Default 0, the paper's fused logit ``o = s + h``: the weight that decides is fitted on
+            validation data with the temperature (``MultiModalLoss.evidence_weight``, the
+            mixin's calibration), which on 8 scenarios matched or beat a fixed weight of 20
+            (design decision Q6 in benchmarks/README.md).
         log_evidence_floor: the ``floor`` of the log-evidence, in ``(0, 1]``: one head can push a
             class down by at most ``log(1 / floor)`` nats (times ``w / M``). Unfloored, a head fed
             input it never saw in training, confidently wrong, vetoes the right class
@@ -78,7 +80,7 @@ class FusionOptions:
     normalize_proxies: bool = True
     activation: str = "softmax"
     backend: str = "fused"
-    log_evidence: float = 20.0
+    log_evidence: float = 0.0
     log_evidence_floor: float = 1e-4
 
     def __post_init__(self) -> None:
@@ -496,20 +498,36 @@ def _fuse(u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, anal
     return raw
 
 
-def _evidence_logits(u: Tensor, mask: Tensor | None, spec: FusionOptions) -> Tensor | None:
+def _evidence_logits(
+    u: Tensor, mask: Tensor | None, spec: FusionOptions, weight: Tensor | None = None
+) -> Tensor | None:
     """``w * mean_m log(p_m + floor)`` over the present modalities, ``(B, C)``, detached; ``None`` for ``w = 0``.
 
-    Zero where no modality is present. Why no gradient: with it, the fused cross-entropy trains
-    the heads as late fusion's does, and on clean UCI the weakest head fell 3.8 points below the
-    same head trained alone (benchmarks/README.md, design decision Q5).
+    ``w`` is ``spec.log_evidence``, or ``weight`` where given (a loss's fitted ``evidence_weight``,
+    a tensor: no host sync). Zero where no modality is present. Why no gradient: with it, the
+    fused cross-entropy trains the heads as late fusion's does, and on clean UCI the weakest head
+    fell 3.8 points below the same head trained alone (benchmarks/README.md, design decision Q5).
     """
-    if not spec.log_evidence:
+    if weight is None and not spec.log_evidence:
         return None
     u = u.detach()
     if mask is not None:  # absent entries may be NaN
         u = torch.where(mask[:, :, None], u, u.new_zeros(()))
     p = u.softmax(dim=-1) if spec.activation == "softmax" else u.clamp_min(0.0)
-    return _mean_log_probs(p, mask, spec.log_evidence_floor).mul_(spec.log_evidence)
+    evidence = _mean_log_probs(p, mask, spec.log_evidence_floor)
+    return evidence.mul_(spec.log_evidence if weight is None else weight.to(evidence.dtype))
+
+
+def _decision_logits(
+    u: Tensor, weight: Tensor, mask: Tensor | None, spec: FusionSpec, evidence_weight: Tensor | None
+) -> Tensor:
+    """The fused logits that decide: with a loss's fitted ``evidence_weight``, its share of the evidence added."""
+    o = _fuse(u, weight, mask, spec).logits
+    if evidence_weight is None:
+        return o
+    extra = _evidence_logits(u.to(o.dtype), mask, spec, evidence_weight)
+    assert extra is not None
+    return o + extra
 
 
 def _mean_log_probs(p: Tensor, mask: Tensor | None, floor: float) -> Tensor:

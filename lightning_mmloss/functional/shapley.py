@@ -19,7 +19,7 @@ from lightning_mmloss.functional.fusion import (
     FusionSpec,
     UnimodalInput,
     _compute_dtype,
-    _fuse,
+    _decision_logits,
     _options,
     _prepare,
 )
@@ -67,6 +67,7 @@ def _coalition_probs(
     cls: Tensor,
     max_rows: int,
     logit_scale: Tensor | float | None = None,
+    evidence_weight: Tensor | None = None,
 ) -> Tensor:
     """Fused probability of class ``cls`` under every coalition, ``(2^M, B)``."""
     B, M, _ = u.shape
@@ -81,7 +82,7 @@ def _coalition_probs(
         if mask is not None:
             cm = cm & mask[None]
         uu = u[None].expand(S, B, *u.shape[1:]).reshape(S * B, *u.shape[1:])
-        o = _fuse(uu, weight, cm.reshape(S * B, M), spec).logits.reshape(S, B, -1)
+        o = _decision_logits(uu, weight, cm.reshape(S * B, M), spec, evidence_weight).reshape(S, B, -1)
         if logit_scale is not None:
             o = o * logit_scale
         values.append(o.softmax(dim=-1).gather(2, cls.view(1, B, 1).expand(S, B, 1)).squeeze(2))
@@ -160,6 +161,7 @@ def _shapley(
     target_class: int | Tensor | None,
     max_rows: int,
     logit_scale: Tensor | float | None,
+    evidence_weight: Tensor | None = None,
 ) -> Tensor:
     """:func:`modality_shapley` on inputs already checked (the module calls this directly)."""
     B, M, C = u.shape
@@ -173,7 +175,7 @@ def _shapley(
         return u.new_zeros(0, M, dtype=_compute_dtype(u, weight))
     with torch.no_grad():
         if target_class is None:
-            cls = _fuse(u, weight, mask, spec).logits.argmax(dim=-1)
+            cls = _decision_logits(u, weight, mask, spec, evidence_weight).argmax(dim=-1)
         else:
             if isinstance(target_class, bool) or not isinstance(target_class, (int, float, Tensor)):
                 raise TypeError(
@@ -193,7 +195,7 @@ def _shapley(
             if B and (int(cls.min()) < 0 or int(cls.max()) >= C):
                 raise ValueError(f"Expected argument `target_class` to lie in [0, {C - 1}], but got {cls.tolist()}.")
         cls = cls.long()
-        values = _coalition_probs(u, weight, mask, spec, cls, max_rows, logit_scale)  # (2^M, B)
+        values = _coalition_probs(u, weight, mask, spec, cls, max_rows, logit_scale, evidence_weight)  # (2^M, B)
         _, coef = shapley_coefficients(M, dtype=values.dtype)
         phi = (coef.to(values.device) @ values).t()
         if mask is not None:  # exactly zero, not a rounding residue of v(S + m) - v(S)

@@ -1,11 +1,11 @@
-"""Issue 19: on clean real views the default MultiModal loss no longer trails late fusion.
+"""Issues 19 and 26: on clean real views the default's decision follows the heads' evidence, fitted.
 
-A fixed-seed case from the design runs (benchmarks/README.md, Q5): scikit-learn's digits cut into
-four quadrant views (``benchmarks/digits_views.py``), the design-decision settings, seed 2. The
-fused logit of the old default (``log_evidence=0``: ``o = s + h``, a sum of the heads'
-probabilities) lets mildly wrong heads outvote a sure right one and trails late fusion by about
-three test instances; with the heads' log-evidence in the fused logit (the default since issue
-19) it does not trail, and its heads stay close to the same heads trained alone.
+scikit-learn's digits cut into four quadrant views (``benchmarks/digits_views.py``), the
+design-decision settings (benchmarks/README.md, Q5 and Q6), pinned on a mean over seeds. The
+paper's decision ``o = s + h`` (a sum of the heads' probabilities) lets mildly wrong heads outvote
+a sure right one; the default fits the weight of the heads' log-evidence in the decision, with the
+temperature, on the validation split (issue 26), which recovers what the fixed weight of issue 19
+did, and its heads stay honest classifiers close to the same heads trained alone.
 """
 
 from __future__ import annotations
@@ -42,23 +42,34 @@ def _fit(tmp_path: Path, fusion: str, seed: int, **kwargs: Any) -> tuple[float, 
     return float((fused == y).float().mean()), heads
 
 
+SEEDS = (0, 1, 2)
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Lightning's small-data and worker hints
 @pytest.mark.filterwarnings("ignore::FutureWarning")
-def test_default_no_longer_trails_late_fusion_on_clean_views(tmp_path: Path) -> None:
+def test_the_fitted_decision_recovers_late_fusions_accuracy_on_clean_views(tmp_path: Path) -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the design runs' setting: the fixed-seed numbers below are its own
+    torch.set_num_threads(1)  # the design runs' setting
+    runs: dict[str, list[float]] = {"late": [], "paper_decision": [], "default": [], "best_head": [], "deficit": []}
     try:
-        late, _ = _fit(tmp_path, "late", 2)
-        _, alone = _fit(tmp_path, "independent", 2)
-        old, _ = _fit(tmp_path, "mm", 2, loss_options={"log_evidence": 0.0})
-        new, heads = _fit(tmp_path, "mm", 2)
+        for seed in SEEDS:
+            runs["late"].append(_fit(tmp_path, "late", seed)[0])
+            _, alone = _fit(tmp_path, "independent", seed)
+            # the same training, the decision s + h (temperature only): what the fit adds
+            runs["paper_decision"].append(_fit(tmp_path, "mm", seed, calibrate="temperature")[0])
+            fused, heads = _fit(tmp_path, "mm", seed)
+            runs["default"].append(fused)
+            runs["best_head"].append(max(heads))
+            runs["deficit"].append(max(a - h for h, a in zip(heads, alone, strict=True)))
     finally:
         torch.set_num_threads(threads)
-    n = 360  # test instances: one is 0.0028
-    assert old <= late - 2 / n, (old, late)  # the old default trails (issue 19's complaint)
-    assert new >= late, (new, late)  # the default does not
-    # and every head stays an honest classifier, close to the same head trained alone: this seed
-    # 0 to 3.1 points below (1.5 on average); over 5 seeds 1.3 to 2.2, the old default's 3.1 to 3.9
-    deficits = [a - h for h, a in zip(heads, alone, strict=True)]
-    assert max(deficits) <= 0.04 and sum(deficits) / len(deficits) <= 0.02, (heads, alone)
+    mean = {k: sum(v) / len(v) for k, v in runs.items()}
+    # measured (these 3 seeds): late 97.69, s + h 95.83, the default 97.22 (5 seeds in Q6: the fit
+    # adds 1.48 +- 0.46 points to s + h, and trails late fusion by 0.39 +- 0.19)
+    assert mean["default"] - mean["paper_decision"] >= 0.005, runs  # the fit recovers the heads' evidence
+    assert mean["default"] >= mean["late"] - 0.01, runs
+    assert mean["default"] > mean["best_head"], runs  # never below its own best head on average
+    # every head an honest classifier close to the same head trained alone; the largest deficit of a
+    # run was 4.4, 4.4 and 6.4 points (Q6, 5 seeds: the worst head 3.8 points below on average)
+    assert mean["deficit"] <= 0.06 and max(runs["deficit"]) <= 0.08, runs

@@ -134,6 +134,7 @@ def test_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert monitor.epochs_logged == 4  # two restored from the checkpoint, two new
     expected = full_monitor.last_metrics | _monitored(t_full.callback_metrics)
     got = monitor.last_metrics | _monitored(t_res.callback_metrics)
-    assert len(expected) == 35 and expected["val/temperature"] != 1.0  # the restored temperature was used
+    # the restored calibration was used: temperature and evidence weight (issue 26)
+    assert len(expected) == 36 and expected["val/temperature"] != 1.0 and "val/evidence_weight" in expected
     for k, v in expected.items():
         assert got[k] == pytest.approx(v, rel=1e-6), k

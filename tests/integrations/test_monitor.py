@@ -78,6 +78,7 @@ def test_logged_values_equal_direct_computation(tmp_path: Path) -> None:
     used = float(t.callback_metrics["val/temperature"])  # the last epoch ran with the previous fit
     assert used != fitted and used != 1.0
     model.mm_loss.temperature.fill_(used)
+    model.mm_loss.evidence_weight.fill_(float(t.callback_metrics["val/evidence_weight"]))  # and its weight
     with torch.no_grad():
         out = model.mm_loss.fuse(model.unimodal_logits(batch), data.mask)
     rel = modality_reliability(out.unimodal_probs, out.probs, data.target, data.mask, MODALITIES)
@@ -269,6 +270,7 @@ def test_model_with_its_own_validation_step_and_a_compiled_loss(tmp_path: Path) 
     assert float(own.mm_loss.temperature) != 1.0  # a model with its own steps is calibrated too
     twin = _same(own)
     twin.mm_loss.temperature.fill_(float(t.callback_metrics["val/temperature"]))  # the one that epoch used
+    twin.mm_loss.evidence_weight.fill_(float(t.callback_metrics["val/evidence_weight"]))
     reference = SubgroupMonitor(print_summary=False, images_every_n_epochs=None, shapley=True)
     trainer(tmp_path, callbacks=[reference]).validate(twin, val, verbose=False)
     assert monitor.last_metrics.keys() == reference.last_metrics.keys()

@@ -444,12 +444,20 @@ def test_paper_options_give_the_papers_fused_logit_and_loss(backend: str) -> Non
     ref = reference_fuse(u, crit.weight, K, 0.1, log_evidence=0.0)
     torch.testing.assert_close(crit.fuse(u).logits, ref["logits"])
     torch.testing.assert_close(crit(u, y), reference_cross_entropy(ref["logits"], y))
-    # and the default is not the paper's: the log-evidence term is on
+    # the default trains the paper's fused logit (plus the auxiliary term) and decides by the
+    # calibrated (o + w E) / T once fitted; unfitted (T = 1, w = 0) its decision is the paper's
     default = MultiModalLoss(C, M, K, backend=backend).double()
     default.weight.data.copy_(crit.weight.data)
-    assert not torch.allclose(default.fuse(u).logits, ref["logits"])
-    ref_default = reference_fuse(u, crit.weight, K, 0.1, log_evidence=default.spec.log_evidence)
-    torch.testing.assert_close(default.fuse(u).logits, ref_default["logits"])
+    torch.testing.assert_close(default.fuse(u).logits, ref["logits"])
+    trained = default(u, y)
+    assert not torch.allclose(trained, crit(u, y))  # the auxiliary unimodal term
+    default.temperature.fill_(1.5)
+    default.evidence_weight.fill_(2.0)
+    ref_fitted = reference_fuse(u, crit.weight, K, 0.1, log_evidence=2.0)["logits"] / 1.5
+    torch.testing.assert_close(default.fuse(u).logits, ref_fitted)
+    torch.testing.assert_close(default.fused_logits(u), ref_fitted)
+    torch.testing.assert_close(default.fuse_with_loss(u, y)[0].logits, ref_fitted)
+    torch.testing.assert_close(default(u, y), trained)  # the training loss never reads the calibration
 
 
 def test_the_paper_recipe_uses_the_papers_fused_logit() -> None:
@@ -458,4 +466,8 @@ def test_the_paper_recipe_uses_the_papers_fused_logit() -> None:
     paper = MultiModalClassifier(["a", "b"], {"a": 3, "b": 3}, 2, recipe="paper")
     default = MultiModalClassifier(["a", "b"], {"a": 3, "b": 3}, 2)
     assert paper.mm_loss.spec.log_evidence == 0.0 and paper.mm_loss.aux_weight == 0.0
-    assert default.mm_loss.spec.log_evidence == 20.0
+    from lightning_mmloss.metrics import DecisionFit
+
+    # both train the paper's fused logit; the default's decision weight is fitted, the paper's is not
+    assert default.mm_loss.spec.log_evidence == 0.0 and isinstance(default.mm_calibration, DecisionFit)
+    assert paper.mm_calibration is None

@@ -10,7 +10,14 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from lightning_mmloss import MultiModalLoss
-from lightning_mmloss.metrics import ModalityAgreement, ModalityReliability, SubgroupStatistics, TemperatureFit
+from lightning_mmloss.functional.fusion import _mean_log_probs
+from lightning_mmloss.metrics import (
+    DecisionFit,
+    ModalityAgreement,
+    ModalityReliability,
+    SubgroupStatistics,
+    TemperatureFit,
+)
 
 NAMES = ["audio", "video", "text"]
 C, K = 4, 3
@@ -25,19 +32,22 @@ def _data():
     for _ in range(6):
         u = torch.randn(25, 3, C, generator=g) * 2
         mask = torch.rand(25, 3, generator=g) > 0.2
-        target = torch.randint(0, C, (25,), generator=g)
+        # targets the heads tell something about: a calibration fitted on noise ends at its bound
+        target = (u.sum(dim=1) + 3 * torch.randn(25, C, generator=g)).argmax(dim=1)
         batches.append((loss.fuse(u, mask), target, mask))
     return batches
 
 
 def _metrics():
-    return ModalityReliability(NAMES, C), ModalityAgreement(NAMES), SubgroupStatistics(NAMES, C, K), TemperatureFit()
+    metrics = ModalityReliability(NAMES, C), ModalityAgreement(NAMES), SubgroupStatistics(NAMES, C, K)
+    return (*metrics, TemperatureFit(), DecisionFit())
 
 
 def _update(metrics, batch) -> None:
     out, target, mask = batch
-    rel, agr, sub, temp = metrics
+    rel, agr, sub, temp, decision = metrics
     temp.update(out.logits, target)
+    decision.update(out.logits, target, _mean_log_probs(out.unimodal_probs, mask, 1e-4))
     rel.update(out.unimodal_probs, out.probs, target, mask)
     agr.update(out.unimodal_probs, out.probs, target, mask)
     sub.update_from_fusion(out, target)
@@ -46,6 +56,8 @@ def _update(metrics, batch) -> None:
 def _flatten(metrics) -> dict[str, torch.Tensor]:
     flat = {}
     flat["temperature"] = metrics[3].compute().double()
+    for k, v in metrics[4].compute().items():
+        flat[f"decision/{k}"] = v.double()
     for prefix, metric in zip(("rel", "agr", "sub"), metrics[:3], strict=True):
         for k, v in metric.compute().items():
             flat[f"{prefix}/{k}"] = v.detach().cpu().double()
