@@ -18,6 +18,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.apply_func import move_data_to_device
 from lightning.pytorch.loggers import TensorBoardLogger
 from rich.console import Console
 from rich.progress import (
@@ -98,6 +99,9 @@ def evaluate(
         infos.append(batch["informative"])
     u, y, informative = torch.cat(us), torch.cat(ys), torch.cat(infos)
     fused = torch.cat(logits).float().softmax(-1)
+    trust = {}
+    if model.fusion == "mm":
+        trust = _trust(torch.cat(scores["attr_weight"]), torch.cat(scores["attr_shapley"]), names)
     rel = modality_reliability(u.softmax(-1), fused, y, modalities=names)
     row: dict[str, float] = {"test_acc": float(rel["fused/acc"]), "test_ece": float(rel["fused/ece"])}
     gaps = []
@@ -108,12 +112,24 @@ def evaluate(
         row[f"{m}_purity_gap"] = gaps[-1]
     row["max_purity_gap"] = max(gaps)
     row["flipped_heads"] = float(sum(g > FLIP_GAP for g in gaps))
+    row.update(trust)
     if scores and not bool(informative.all()):
         correct = fused.argmax(-1) == y
         idx = correct.nonzero().squeeze(1)
         for key, chunks in scores.items():
             top = torch.cat(chunks)[idx].argmax(dim=1)
             row[key] = float(informative[idx, top].float().mean()) if len(idx) else math.nan
+    return row
+
+
+def _trust(weights: Tensor, shapley: Tensor, names: Sequence[str]) -> dict[str, float]:
+    """Which view to trust, no ground truth needed: per modality the mean weight and Shapley value, top share."""
+    top = weights.argmax(dim=1)
+    row = {}
+    for i, m in enumerate(names):
+        row[f"{m}_weight"] = float(weights[:, i].mean())
+        row[f"{m}_shapley"] = float(shapley[:, i].mean())
+        row[f"{m}_top"] = float((top == i).float().mean())
     return row
 
 
@@ -212,6 +228,11 @@ def run_one(
 
 #: The degradation levels of compare's robustness table (noise std / input std).
 ROBUSTNESS_LEVELS = (0.0, 0.5, 1.0, 2.0)
+TRUST_NOTE = (
+    "mean weight: each modality's share of the predicted class's margin (modality_weights); mean Shapley: "
+    "its exact Shapley value for the predicted class's probability; top-weighted: the share of instances it "
+    "weighs most"
+)
 ROBUSTNESS_NOTE = (
     "drop one: mean fused accuracy with one modality masked out; rel. robustness: mean area under accuracy "
     "vs Gaussian noise (0-2 x input std) on one modality; effective: minus late fusion's (same seed)"
@@ -328,7 +349,46 @@ def evaluate_on_test(trainer: L.Trainer, model: L.LightningModule, dm: L.Lightni
         row[f"{name}_purity_gap"] = gaps[-1]
     row["max_purity_gap"] = max(gaps)
     row["flipped_heads"] = float(sum(g > FLIP_GAP for g in gaps))
+    if getattr(model, "mm_fusion", None) == "mm":
+        row.update(_trust_of(model, dm))
     return row
+
+
+def _trust_of(model: L.LightningModule, dm: L.LightningDataModule) -> dict[str, float]:
+    """:func:`_trust` of a model on the mixin over its data module's test loader (the decision's weights)."""
+    was_training = model.training
+    model.eval()
+    weights, shapley = [], []
+    loss = model.mm_loss  # type: ignore[attr-defined]
+    try:
+        with torch.no_grad():
+            for batch in dm.test_dataloader():
+                out = model.multimodal_step(move_data_to_device(batch, model.device), with_target=False)  # type: ignore[attr-defined]
+                assert out.fusion is not None
+                weights.append(out.fusion.modality_weights)
+                shapley.append(loss.shapley(out.unimodal_logits, modality_mask=out.modality_mask))
+    finally:
+        model.train(was_training)
+    return _trust(torch.cat(weights), torch.cat(shapley), model.mm_names)  # type: ignore[attr-defined]
+
+
+def _paired_to_late(rows: list[dict[str, Any]], fusion: str) -> str:
+    """``fusion``'s per-seed test accuracy minus late fusion's, in points: mean ± standard error."""
+    late = {r["seed"]: r["test_acc"] for r in rows if r["fusion"] == "late"}
+    diffs = [100 * (r["test_acc"] - late[r["seed"]]) for r in rows if r["fusion"] == fusion and r["seed"] in late]
+    if fusion == "late" or not diffs:
+        return ""
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.2f}"
+    return f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs) / math.sqrt(len(diffs)):.2f}"
+
+
+def summarise_trust(rows: list[dict[str, Any]], modalities: list[str]) -> tuple[list[str], list[list[str]]]:
+    """Which view to trust under the MultiModal loss: one row per modality (mean ± std over seeds)."""
+    rs = [r for r in rows if r["fusion"] == "mm" and f"{modalities[0]}_weight" in r] if modalities else []
+    header = ["modality", "mean weight", "mean Shapley", "top-weighted"]
+    out = [[m, *(_mean_std([r[f"{m}_{k}"] for r in rs]) for k in ("weight", "shapley", "top"))] for m in modalities]
+    return header, out if rs else []
 
 
 def _mean_std(values: Sequence[float]) -> str:
@@ -342,7 +402,8 @@ def _mean_std(values: Sequence[float]) -> str:
 
 def summarise(rows: list[dict[str, Any]], modalities: list[str]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the mean ± std table, one row per fusion (in run order)."""
-    header = ["fusion", "test acc", "test ECE", *[f"{m} acc" for m in modalities], *[f"{m} ECE" for m in modalities]]
+    header = ["fusion", "test acc", "vs late", "test ECE"]
+    header += [*[f"{m} acc" for m in modalities], *[f"{m} ECE" for m in modalities]]
     header.append("flipped heads")
     if any("attr_shapley" in r for r in rows):
         header += ["attr. Shapley", "attr. weight"]
@@ -350,7 +411,8 @@ def summarise(rows: list[dict[str, Any]], modalities: list[str]) -> tuple[list[s
     out = []
     for fusion in dict.fromkeys(r["fusion"] for r in rows):
         rs = [r for r in rows if r["fusion"] == fusion]
-        line = [fusion, _mean_std([r["test_acc"] for r in rs]), _mean_std([r["test_ece"] for r in rs])]
+        line = [fusion, _mean_std([r["test_acc"] for r in rs]), _paired_to_late(rows, fusion)]
+        line.append(_mean_std([r["test_ece"] for r in rs]))
         line += [_mean_std([r[f"{m}_acc"] for r in rs]) for m in modalities]
         line += [_mean_std([r[f"{m}_ece"] for r in rs]) for m in modalities]
         # heads whose own labels have inverted (purity gap > FLIP_GAP), summed over seeds
@@ -406,7 +468,12 @@ def write_outputs(rows: list[dict[str, Any]], modalities: list[str], output: Pat
     header, table = summarise(rows, modalities)
     lines = [f"# {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in table]
-    lines += ["", "mean ± standard deviation over seeds; accuracy and ECE on the test split."]
+    lines += ["", "mean ± standard deviation over seeds; accuracy and ECE on the test split; vs late: the paired"]
+    lines[-1] += " per-seed difference to late fusion in points, mean ± standard error."
+    t_header, t_table = summarise_trust(rows, modalities)
+    if t_table:
+        lines += ["", "## Which view to trust (mm, test split)", "", "| " + " | ".join(t_header) + " |"]
+        lines += ["|" + "---|" * len(t_header), *("| " + " | ".join(r) + " |" for r in t_table), "", TRUST_NOTE]
     r_header, r_table = summarise_robustness(rows)
     if r_table:
         lines += [
@@ -767,6 +834,9 @@ def _run_all(
         heads_rows = [[h, *(r[j] for r in heads_rows)] for j, h in enumerate(heads_header) if j > 0]
         heads_header = ["head", *(r[0] for r in table_rows)]
     console.print(_table("per-modality heads (test split)", heads_header, heads_rows))
+    t_header, t_table = summarise_trust(rows, modalities)
+    if t_table:
+        console.print(_table("which view to trust (mm, test split)", t_header, t_table, TRUST_NOTE))
     r_header, r_table = summarise_robustness(rows)
     if r_table:
         console.print(_table("robustness (test split)", r_header, r_table, ROBUSTNESS_NOTE))

@@ -93,8 +93,20 @@ def test_compare_on_a_user_model_and_data_module(tmp_path: Path, user_module: st
     for r in rows:
         for key in ("test_acc", "test_ece", "left_acc", "right_acc", "left_purity_gap", "flipped_heads"):
             assert 0.0 <= float(r[key]) <= 2.0, (key, r)
-    assert "MyNet on TwoViewData" in (out / "results.md").read_text()
+    text = (out / "results.md").read_text()
+    assert "MyNet on TwoViewData" in text
     assert (out / "results.png").stat().st_size > 0
+    # issue 26: which view to trust without ground truth, and the paired difference to late fusion
+    for r in (r for r in rows if r["fusion"] == "mm"):
+        weights = [float(r[f"{m}_weight"]) for m in ("left", "right")]
+        assert sum(weights) == pytest.approx(1.0, abs=1e-5)  # weights of an instance sum to one
+        assert sum(float(r[f"{m}_top"]) for m in ("left", "right")) == pytest.approx(1.0)
+        assert all(-1.0 <= float(r[f"{m}_shapley"]) <= 1.0 for m in ("left", "right"))
+    assert "## Which view to trust (mm, test split)" in text and "| left |" in text
+    late = {r["seed"]: float(r["test_acc"]) for r in rows if r["fusion"] == "late"}
+    diffs = [100 * (float(r["test_acc"]) - late[r["seed"]]) for r in rows if r["fusion"] == "mm"]
+    mean, se = sum(diffs) / 2, abs(diffs[0] - diffs[1]) / 2  # two seeds: stdev / sqrt(2) = |a - b| / 2
+    assert "| mm | " in text and f"{mean:+.2f} ± {se:.2f}" in text
 
 
 def test_user_data_with_the_built_in_model(tmp_path: Path, user_module: str) -> None:
