@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -272,6 +273,7 @@ class MultiModalLoss(nn.Module):
         config = dataclasses.asdict(self.spec)
         del config["backend"]  # how it is computed, not what
         config["modality_names"] = None if self.modality_names is None else list(self.modality_names)
+        config["aux_weight"] = self.aux_weight  # what resumed training optimises
         return config
 
     def get_extra_state(self) -> dict[str, Any]:
@@ -312,6 +314,17 @@ class MultiModalLoss(nn.Module):
         if saved is not None:
             mine = self._config()
             diff = {k: (saved.get(k), v) for k, v in mine.items() if k in saved and saved[k] != v}
+            missing = {k: v for k, v in mine.items() if k not in saved}
+            if missing and not diff:
+                # a state saved before these options were saved with it: it loads, assuming this loss's
+                what = ", ".join(f"{k}={v!r}" for k, v in missing.items())
+                warnings.warn(
+                    f"This MultiModalLoss state was saved before {sorted(missing)} were saved with it; it is loaded "
+                    f"assuming this loss's values ({what}). Build the loss with the values it was trained with if "
+                    "they differ (before issue 26 the default was log_evidence=20.0).",
+                    UserWarning,
+                    stacklevel=3,
+                )
             if diff:
                 # before any tensor is copied: a refused load leaves the module as it was
                 what = ", ".join(f"{k}: saved {a!r}, this loss {b!r}" for k, (a, b) in diff.items())

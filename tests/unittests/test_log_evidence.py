@@ -128,6 +128,20 @@ def test_the_floor_is_saved_with_the_configuration() -> None:
         MultiModalLoss(3, 2, 2).load_state_dict(saved)
 
 
+def test_a_state_from_before_the_options_were_saved_warns_with_what_it_assumes() -> None:
+    """Issue 27: a state saved before log_evidence existed loaded silently into today's defaults."""
+    state = MultiModalLoss(3, 2, 2).state_dict()
+    old = {k: v for k, v in state["_extra_state"]["config"].items() if k not in ("log_evidence", "aux_weight")}
+    state["_extra_state"] = {"config": old}
+    target = MultiModalLoss(3, 2, 2)
+    with pytest.warns(UserWarning, match=r"saved before \['aux_weight', 'log_evidence'\].*log_evidence=0\.0"):
+        target.load_state_dict(state)
+    torch.testing.assert_close(target.weight, state["weight"])  # loaded all the same
+    # a saved option that differs is refused by name (aux_weight is saved since issue 27)
+    with pytest.raises(ValueError, match=r"aux_weight: saved 0\.5, this loss 1\.0"):
+        MultiModalLoss(3, 2, 2, aux_weight=1.0).load_state_dict(MultiModalLoss(3, 2, 2).state_dict())
+
+
 @pytest.mark.parametrize("bad", [torch.randn(4, 3), torch.randn(4, 2, 1), "logits"])
 def test_log_evidence_logits_checks_its_input(bad: object) -> None:
     with pytest.raises((ValueError, TypeError), match="unimodal_logits"):
