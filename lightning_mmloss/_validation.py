@@ -530,3 +530,19 @@ def check_class_names_count(names: list[str] | None, num_classes: int) -> None:
         raise ValueError(
             f"Expected argument `class_names` to name the model's {num_classes} classes, but got {len(names)}: {names}."
         )
+
+
+def check_state_scalar(state_dict: dict[str, Any], key: str, current: Tensor, positive: bool) -> None:
+    """A calibration buffer of a state being loaded: one finite value, ``> 0`` or ``>= 0``.
+
+    Missing, it keeps the module's ``current`` value (a partial state, or one from before the
+    buffer existed, never resets a fitted calibration).
+    """
+    value = state_dict.setdefault(key, current.detach().clone())
+    ok = isinstance(value, Tensor) and value.numel() == 1 and bool(torch.isfinite(value).all())
+    if not ok or (float(value) <= 0 if positive else float(value) < 0):
+        bound = "> 0" if positive else ">= 0"
+        raise ValueError(
+            f"Expected the state's `{key}` to be one finite value {bound}, but got {value!r}; it would flip or "
+            "break the fused probabilities."
+        )

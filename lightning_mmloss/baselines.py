@@ -8,6 +8,7 @@ so that "does the MultiModal loss beat late fusion on *my* model?" is one argume
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -76,6 +77,11 @@ class BaselineFusion(nn.Module):
         M, C = self.num_modalities, self.num_classes
         self.fuser = nn.Linear(M * C, C) if fusion == "concat" else None
         self.register_buffer("temperature", torch.ones(()))
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # as the MultiModal loss's: a temperature of 0, -1, NaN or inf is refused before anything is copied
+        V.check_state_scalar(state_dict, prefix + "temperature", self.temperature, positive=True)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def fused_logits(self, u: Tensor, modality_mask: Tensor | None = None) -> Tensor:
         """Raw fused logits ``(B, C)`` in at least float32 (not divided by the temperature)."""

@@ -286,28 +286,8 @@ class MultiModalLoss(nn.Module):
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         # a state without the temperature (a partial state, a checkpoint from before it existed)
         # keeps this module's: a fitted temperature is never reset by a load
-        temperature = state_dict.setdefault(prefix + "temperature", self.temperature.detach().clone())
-        if not (
-            isinstance(temperature, Tensor)
-            and temperature.numel() == 1
-            and bool(torch.isfinite(temperature).all())
-            and float(temperature) > 0
-        ):
-            raise ValueError(
-                f"Expected the state's `{prefix}temperature` to be one finite value > 0, but got {temperature!r}; "
-                "a temperature <= 0 would flip or break the fused probabilities."
-            )
-        weight = state_dict.setdefault(prefix + "evidence_weight", self.evidence_weight.detach().clone())
-        if not (
-            isinstance(weight, Tensor)
-            and weight.numel() == 1
-            and bool(torch.isfinite(weight).all())
-            and float(weight) >= 0
-        ):
-            raise ValueError(
-                f"Expected the state's `{prefix}evidence_weight` to be one finite value >= 0, but got {weight!r}; "
-                "a negative weight would reward the classes the heads rule out."
-            )
+        V.check_state_scalar(state_dict, prefix + "temperature", self.temperature, positive=True)
+        V.check_state_scalar(state_dict, prefix + "evidence_weight", self.evidence_weight, positive=False)
         # ... and before the configuration was saved: nothing to compare
         extra = state_dict.setdefault(prefix + "_extra_state", None)
         saved = extra.get("config") if isinstance(extra, dict) else None

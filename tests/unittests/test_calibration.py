@@ -274,3 +274,19 @@ def test_fit_decision_refuses_bad_evidence(evidence, match) -> None:
 def test_one_class_logits_are_refused() -> None:
     with pytest.raises(ValueError, match="C >= 2"):
         fit_temperature(torch.zeros(3, 1), torch.zeros(3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_baselines_state_with_a_bad_temperature_is_refused(bad: float) -> None:
+    """Issue 27: the baselines accepted a temperature of 0, -1, NaN or inf (the mm loss refused them)."""
+    from lightning_mmloss.baselines import BaselineFusion
+
+    fusion = BaselineFusion("late", 3, 2)
+    fusion.temperature.fill_(1.7)
+    state = fusion.state_dict()
+    state["temperature"] = torch.tensor(bad)
+    with pytest.raises(ValueError, match="temperature"):
+        fusion.load_state_dict(state)
+    assert float(fusion.temperature) == pytest.approx(1.7)
+    fusion.load_state_dict({}, strict=False)  # a state without it keeps the fitted one
+    assert float(fusion.temperature) == pytest.approx(1.7)
