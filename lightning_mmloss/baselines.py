@@ -83,8 +83,21 @@ class BaselineFusion(nn.Module):
         V.check_state_scalar(state_dict, prefix + "temperature", self.temperature, positive=True)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def fused_logits(self, u: Tensor, modality_mask: Tensor | None = None) -> Tensor:
-        """Raw fused logits ``(B, C)`` in at least float32 (not divided by the temperature)."""
+    def _checked(self, u: Any, modality_mask: Any, target: Any = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The inputs checked as the MultiModal loss checks its own: shapes against ``M`` and ``C``, values, mask."""
+        u, mask = V.stack_checked(u, None, self.num_modalities, self.num_classes, modality_mask)
+        if target is not None:
+            target = V.check_target_shape(target, u.shape[0], u.device)
+        V.check_values(u, mask, "softmax", None, target, self.num_classes, self.ignore_index)
+        return u, mask, target
+
+    def fused_logits(self, u: Tensor, modality_mask: Tensor | None = None, validate_args: bool = True) -> Tensor:
+        """Raw fused logits ``(B, C)`` in at least float32 (not divided by the temperature).
+
+        ``validate_args=False`` skips the checks of inputs already checked (one host sync less).
+        """
+        if validate_args:
+            u, modality_mask, _ = self._checked(u, modality_mask)
         u = u.float() if u.dtype != torch.float64 else u
         present = None if modality_mask is None else modality_mask[:, :, None]
         if self.fusion in ("sum", "concat"):
@@ -110,6 +123,7 @@ class BaselineFusion(nn.Module):
         target: Tensor,
         modality_mask: Tensor | None = None,
         reduce: Callable[[Tensor], Tensor] | None = None,
+        validate_args: bool = True,
     ) -> tuple[Tensor, Tensor]:
         """The training loss and the raw fused logits of a batch.
 
@@ -117,7 +131,10 @@ class BaselineFusion(nn.Module):
         grad) and stores the coefficients in :attr:`ogm_coefficients`; ``reduce`` sums the
         modality scores over processes (``trainer.strategy.reduce``).
         """
-        logits = self.fused_logits(u, modality_mask)
+        if validate_args:
+            _, modality_mask, target = self._checked(u, modality_mask, target)
+            assert target is not None
+        logits = self.fused_logits(u, modality_mask, validate_args=False)
         fused = cross_entropy_from_fused(logits, target, ignore_index=self.ignore_index)
         unimodal = None
         if self.fusion in ("late", "independent"):

@@ -352,7 +352,9 @@ class MultiModalLossMixin:
             u, target, mask = self._checked_inputs(batch, with_target=True)
             n = u.shape[0]
             strategy = self.trainer.strategy  # type: ignore[attr-defined]
-            loss, _ = self.mm_baseline.loss(u, target, mask, reduce=lambda t: strategy.reduce(t, reduce_op="sum"))
+            loss, _ = self.mm_baseline.loss(
+                u, target, mask, reduce=lambda t: strategy.reduce(t, reduce_op="sum"), validate_args=False
+            )
             if self.mm_fusion == "ogm_ge":
                 for name, k in zip(self.mm_names, self.mm_baseline.ogm_coefficients.tolist(), strict=True):
                     log(f"train/ogm_coeff/{name}", k, on_step=False, on_epoch=True, sync_dist=True, batch_size=n)
@@ -451,7 +453,7 @@ class MultiModalLossMixin:
     def _baseline_step(self, batch: Any, with_target: bool) -> MultiModalStepOutput:
         u, target, mask = self._checked_inputs(batch, with_target)
         baseline = self.mm_baseline
-        logits = baseline.fused_logits(u, mask)
+        logits = baseline.fused_logits(u, mask, validate_args=False)  # checked by _checked_inputs
         # the evaluation loss of every baseline: the cross-entropy of its fused logits
         loss = None if target is None else cross_entropy_from_fused(logits, target, ignore_index=baseline.ignore_index)
         p = u.detach().float().softmax(-1)
