@@ -60,6 +60,13 @@ def check_nonnegative(name: str, value: Any) -> float:
     return float(value)
 
 
+def check_positive(name: str, value: Any) -> float:
+    """A finite real number ``> 0`` (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"Expected argument `{name}` to be a finite float > 0, but got {value!r}.")
+    return float(value)
+
+
 #: the largest log-evidence weight: ``w * log(1e-4)`` must stay finite in float32 with room for a sum
 MAX_LOG_EVIDENCE = 1e6
 
@@ -191,7 +198,9 @@ def coerce_unimodal(
         if names is None:
             raise TypeError(
                 "Got argument `unimodal_logits` as a mapping, but no modality names are configured; "
-                "pass `num_modalities=[name, ...]` (or `modality_names=`) so the mapping can be ordered."
+                "name them so the mapping can be ordered: `MultiModalLoss(num_modalities=[name, ...])`, "
+                "`configure_multimodal(modalities=[name, ...])` in the mixin, or `modality_names=[...]` in the "
+                "functions."
             )
         keys = list(unimodal_logits.keys())
         missing = [n for n in names if n not in unimodal_logits]

@@ -301,17 +301,28 @@ class MultiModalLossMixin:
         weight_decay: float = 0.0,
         proxy_weight_decay: float | None = None,
     ) -> list[dict[str, Any]]:
-        """Optimizer parameter groups: the model, and the loss's proxies with their own settings.
+        """Optimizer parameter groups: the model, and the fusion's own parameters with their settings.
+
+        The fusion's parameters are the MultiModal loss's proxies (``proxy_lr``,
+        ``proxy_weight_decay``), or a baseline's (``concat``'s linear layer; none for the
+        others), so that one ``configure_optimizers`` serves every fusion of ``compare --model``.
+        Empty groups are left out.
 
         Example::
 
             def configure_optimizers(self):
                 return torch.optim.Adam(self.multimodal_param_groups(lr=1e-3, proxy_lr=1e-2))
         """
-        loss = self._mm_loss()
+        V.check_positive("lr", lr)
+        for name, value in (("proxy_lr", proxy_lr), ("proxy_weight_decay", proxy_weight_decay)):
+            if value is not None:
+                V.check_nonnegative(name, value)
+        V.check_nonnegative("weight_decay", weight_decay)
+        self._check_configured()
+        loss: nn.Module = self._mm_loss() if self.mm_fusion == "mm" else self.mm_baseline
         proxy_ids = {id(p) for p in loss.parameters()}
         model = [p for p in self.parameters() if id(p) not in proxy_ids]  # type: ignore[attr-defined]
-        return [
+        groups = [
             {"params": model, "lr": lr, "weight_decay": weight_decay},
             {
                 "params": list(loss.parameters()),
@@ -319,6 +330,7 @@ class MultiModalLossMixin:
                 "weight_decay": weight_decay if proxy_weight_decay is None else proxy_weight_decay,
             },
         ]
+        return [g for g in groups if g["params"]]
 
     # -- steps ------------------------------------------------------------------------------
     def _mm_loss(self) -> MultiModalLoss:

@@ -76,6 +76,33 @@ def test_separate_proxy_learning_rate() -> None:
     assert n_model + model.mm_loss.weight.numel() == sum(p.numel() for p in model.parameters())
 
 
+@pytest.mark.parametrize("fusion", ["late", "sum", "concat", "ogm_ge", "independent"])
+def test_param_groups_serve_every_fusion(fusion: str) -> None:
+    """Issue 27: the README's optimiser recipe raised for every baseline (compare --model died at the second)."""
+    model = ThreeHeadNet(fusion=fusion)
+    groups = model.multimodal_param_groups(lr=1e-3, proxy_lr=1e-2)
+    assert sum(p.numel() for g in groups for p in g["params"]) == sum(p.numel() for p in model.parameters())
+    assert all(g["params"] for g in groups)
+    torch.optim.Adam(groups)  # a valid optimiser
+    if fusion == "concat":  # its linear layer is the fusion's own
+        assert groups[1]["params"] == list(model.mm_baseline.parameters()) and groups[1]["lr"] == 1e-2
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"lr": 0.0}, "`lr`"),
+        ({"lr": float("nan")}, "`lr`"),
+        ({"lr": 1e-3, "proxy_lr": -1.0}, "`proxy_lr`"),
+        ({"lr": 1e-3, "weight_decay": -1.0}, "`weight_decay`"),
+        ({"lr": "fast"}, "`lr`"),
+    ],
+)
+def test_param_groups_refuse_bad_settings(kwargs, match) -> None:
+    with pytest.raises(ValueError, match=match):
+        ThreeHeadNet().multimodal_param_groups(**kwargs)
+
+
 class _Bad(ThreeHeadNet):
     def __init__(self, mode: str, **kw):
         super().__init__(**kw)
