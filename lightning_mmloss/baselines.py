@@ -143,21 +143,36 @@ class BaselineFusion(nn.Module):
             assert unimodal is not None
             return unimodal, logits
         if self.fusion == "ogm_ge":
-            coeff = self._ogm_coefficients(u.detach(), target, reduce)
+            coeff = self._ogm_coefficients(u.detach(), target, reduce, modality_mask)
             self.ogm_coefficients = coeff
             if u.requires_grad:
                 u.register_hook(lambda g: g * coeff.to(g.dtype).view(1, -1, 1))
         return (fused if unimodal is None else fused + unimodal), logits
 
-    def _ogm_coefficients(self, u: Tensor, target: Tensor, reduce: Callable[[Tensor], Tensor] | None) -> Tensor:
-        """``k_m = 1 - tanh(alpha * rho_m)`` where ``rho_m > 1``, else 1."""
-        p = u.float().softmax(-1)
+    def _ogm_coefficients(
+        self,
+        u: Tensor,
+        target: Tensor,
+        reduce: Callable[[Tensor], Tensor] | None,
+        modality_mask: Tensor | None = None,
+    ) -> Tensor:
+        """``k_m = 1 - tanh(alpha * rho_m)`` where ``rho_m > 1``, else 1.
+
+        ``s_m`` is the mean over the instances where modality ``m`` is present (and the target not
+        ignored) of its probability for the target: with every modality present the ratios are the
+        paper's sums' ratios; an absent modality (its logits may be NaN placeholders) counts nowhere.
+        """
         valid = target != self.ignore_index
+        present = valid[:, None].expand(-1, u.shape[1])
+        if modality_mask is not None:
+            present = present & modality_mask
+        p = torch.where(present[:, :, None], u.float(), u.new_zeros((), dtype=torch.float32)).softmax(-1)
         safe = torch.where(valid, target, torch.zeros_like(target)).long()
         picked = p.gather(2, safe.view(-1, 1, 1).expand(-1, p.shape[1], 1)).squeeze(2)  # (B, M)
-        score = (picked * valid[:, None]).sum(dim=0)
+        stats = torch.stack([(picked * present).sum(dim=0), present.sum(dim=0).to(picked.dtype)])
         if reduce is not None:
-            score = reduce(score)
+            stats = reduce(stats)
+        score = stats[0] / stats[1].clamp_min(1.0)
         M = score.shape[0]
         others = (score.sum() - score) / (M - 1)
         rho = score / others.clamp_min(torch.finfo(score.dtype).tiny)

@@ -62,3 +62,35 @@ def test_fuse_unimodal_checks_for_the_baselines_too() -> None:
         model.fuse_unimodal(torch.randn(4, 3, 3), torch.ones(4, 3))
     probs, weights = model.fuse_unimodal(torch.randn(4, 3, 3))
     assert probs.shape == (4, 3) and weights is None
+
+
+def _slow_ogm(u: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, alpha: float) -> torch.Tensor:
+    """OGM-GE's coefficients, one modality and one instance at a time (mean over present instances)."""
+    B, M, _ = u.shape
+    score = []
+    for m in range(M):
+        vals = [float(u[i, m].softmax(-1)[target[i]]) for i in range(B) if mask[i, m]]
+        score.append(sum(vals) / max(len(vals), 1))
+    out = []
+    for m in range(M):
+        rho = score[m] / (sum(score[j] for j in range(M) if j != m) / (M - 1))
+        out.append(1 - torch.tanh(torch.tensor(alpha * rho)).item() if rho > 1 else 1.0)
+    return torch.tensor(out)
+
+
+def test_ogm_coefficients_read_only_present_modalities() -> None:
+    """Issue 27: OGM-GE ignored modality_mask; NaN placeholders of absent modalities switched modulation off."""
+    g = torch.Generator().manual_seed(0)
+    u = torch.randn(12, 3, 4, generator=g)
+    u[:, 0] += 3 * torch.nn.functional.one_hot(torch.arange(12) % 4, 4)  # modality 0 dominates
+    target = torch.arange(12) % 4
+    mask = torch.rand(12, 3, generator=g) > 0.3
+    mask[:, 0] = True
+    u_nan = u.clone()
+    u_nan[~mask] = NAN
+    ogm = BaselineFusion("ogm_ge", 4, 3, ogm_alpha=0.5)
+    got = ogm._ogm_coefficients(u_nan, target, None, mask)
+    torch.testing.assert_close(got, _slow_ogm(u, target, mask, 0.5))
+    assert bool(torch.isfinite(got).all()) and float(got[0]) < 1.0
+    full = torch.ones(12, 3, dtype=torch.bool)  # every modality present: the paper's sums' ratios
+    torch.testing.assert_close(ogm._ogm_coefficients(u, target, None, None), _slow_ogm(u, target, full, 0.5))
